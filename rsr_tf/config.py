@@ -1,0 +1,201 @@
+"""Frozen, validated configuration for RSR training; flags map onto these."""
+
+import dataclasses
+import json
+from typing import Optional
+
+MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
+NOISE_MODES = ("none", "layer", "channel", "element")
+PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
+
+
+class ConfigError(ValueError):
+  """A configuration value breaks a rule; the message names the flag."""
+
+
+def _require(ok, message):
+  if not ok:
+    raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the images come from and how many of them are used.
+
+  Exactly one source is used: `image_folder` if set, else the embedded sample
+  if `embedded_sample`, else the tfds dataset `dataset` (with `data_dir`).
+  """
+  dataset: str = "cifar10"
+  image_folder: Optional[str] = None
+  embedded_sample: bool = False
+  data_dir: Optional[str] = None
+  train_limit: int = 0  # 0 means every example
+  eval_limit: int = 0
+  batch_size: int = 128
+  augment: bool = True
+  seed: int = 0
+
+  def validate(self):
+    _require(self.batch_size >= 1,
+             f"--batch_size must be >= 1, got {self.batch_size}")
+    _require(self.train_limit >= 0,
+             f"--train_limit must be >= 0, got {self.train_limit}")
+    _require(self.eval_limit >= 0,
+             f"--eval_limit must be >= 0, got {self.eval_limit}")
+    _require(not (self.image_folder and self.embedded_sample),
+             "--image_folder and --embedded_sample are two data sources; pass one")
+    if self.train_limit:
+      _require(self.train_limit >= self.batch_size,
+               f"--train_limit={self.train_limit} is smaller than one batch "
+               f"(--batch_size={self.batch_size})")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  name: str = "resnet20"
+  noise: str = "channel"
+  alpha_init: float = 0.25
+
+  def validate(self):
+    _require(self.name in MODEL_NAMES,
+             f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+    _require(self.noise in NOISE_MODES,
+             f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+    _require(self.alpha_init >= 0,
+             f"--alpha_init must be >= 0, got {self.alpha_init}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """L-inf PGD; eps and step are in pixel units of [0, 1] images."""
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  steps: int = 7
+  rand_init: bool = True
+
+  def validate(self):
+    _require(self.eps >= 0, f"--eps must be >= 0, got {self.eps * 255:g}/255")
+    _require(self.eps <= 1, f"--eps must be <= 255/255, got {self.eps * 255:g}/255")
+    _require(self.step_size >= 0,
+             f"--eps_step must be >= 0, got {self.step_size * 255:g}/255")
+    _require(self.step_size <= self.eps,
+             f"--eps_step ({self.step_size * 255:g}/255) must not exceed --eps "
+             f"({self.eps * 255:g}/255)")
+    _require(self.steps >= 1, f"--pgd_steps must be >= 1, got {self.steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  adversarial: bool = True
+  clean_weight: float = 0.5
+  adv_weight: float = 0.5
+  adv_delay_epochs: int = 5
+  attack_true_labels: bool = False
+  lambda_l1: float = 5e-6
+  lambda_group: float = 0.0
+  weight_decay: float = 3e-4
+
+  def validate(self):
+    for name in ("clean_weight", "adv_weight", "lambda_l1", "lambda_group",
+                 "weight_decay"):
+      value = getattr(self, name)
+      _require(value >= 0, f"--{name} must be >= 0, got {value}")
+    _require(self.adv_delay_epochs >= 0,
+             f"--adv_delay_epochs must be >= 0, got {self.adv_delay_epochs}")
+    if self.adversarial:
+      _require(self.clean_weight + self.adv_weight > 0,
+               "--clean_weight and --adv_weight are both 0: nothing to train")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  lr_milestones: tuple = (0.5, 0.75)  # fractions of `epochs`
+  lr_gamma: float = 0.1
+  epochs: int = 160
+  finetune_epochs: int = 0
+  finetune_lr: float = 0.01
+
+  def validate(self):
+    _require(self.learning_rate > 0,
+             f"--lr must be > 0, got {self.learning_rate}")
+    _require(0 <= self.momentum < 1,
+             f"--momentum must be in [0, 1), got {self.momentum}")
+    _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+    _require(self.finetune_epochs >= 0,
+             f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
+    _require(self.finetune_lr > 0,
+             f"--finetune_lr must be > 0, got {self.finetune_lr}")
+    _require(all(0 < m < 1 for m in self.lr_milestones),
+             f"--lr_milestones must be fractions in (0, 1), got "
+             f"{list(self.lr_milestones)}")
+    _require(list(self.lr_milestones) == sorted(self.lr_milestones),
+             f"--lr_milestones must be increasing, got {list(self.lr_milestones)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+  """`oneshot`: global magnitude threshold after training, then fine-tune.
+
+  `polynomial`: tfmot's gradual schedule from `begin_epoch` to `end_epoch`
+  (0 means the last training epoch), then fine-tune.
+  """
+  schedule: str = "oneshot"
+  target_sparsity: float = 0.85
+  begin_epoch: int = 0
+  end_epoch: int = 0
+  frequency: int = 100  # mask updates, in training forward passes
+
+  def validate(self, epochs):
+    _require(self.schedule in PRUNE_SCHEDULES,
+             f"--prune_schedule must be one of {', '.join(PRUNE_SCHEDULES)}, "
+             f"got {self.schedule!r}")
+    _require(0 <= self.target_sparsity < 1,
+             f"--target_sparsity must be in [0, 1), got {self.target_sparsity}")
+    _require(self.frequency >= 1,
+             f"--prune_frequency must be >= 1, got {self.frequency}")
+    if self.schedule == "polynomial":
+      end = self.end_epoch or epochs
+      _require(0 <= self.begin_epoch < end <= epochs,
+               f"--prune_begin_epoch ({self.begin_epoch}) and --prune_end_epoch "
+               f"({end}) must satisfy 0 <= begin < end <= --epochs ({epochs})")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  attack: AttackConfig = AttackConfig()
+  loss: LossConfig = LossConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  prune: PruneConfig = PruneConfig()
+  output_dir: str = "runs/default"
+  eval_noise_draws: int = 3
+  seed: int = 0
+
+  def validate(self):
+    """Raises ConfigError naming the first flag that breaks a rule."""
+    self.data.validate()
+    self.model.validate()
+    self.attack.validate()
+    self.loss.validate()
+    self.optimizer.validate()
+    self.prune.validate(self.optimizer.epochs)
+    _require(self.eval_noise_draws >= 1,
+             f"--eval_noise_draws must be >= 1, got {self.eval_noise_draws}")
+    if self.prune.schedule == "none":
+      _require(self.optimizer.finetune_epochs == 0,
+               "--finetune_epochs needs a pruning schedule; "
+               "--prune_schedule=none trains dense")
+    if self.prune.schedule == "oneshot":
+      _require(self.optimizer.finetune_epochs >= 1,
+               "--prune_schedule=oneshot needs --finetune_epochs >= 1 to "
+               "recover after pruning")
+    return self
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  def to_json(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
