@@ -1,0 +1,571 @@
+"""Loading 32x32 RGB classification data and building tf.data input pipelines."""
+
+import dataclasses
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_SIZE = 32
+CHANNELS = 3
+# Zero padding on each side before the random crop, as in the usual CIFAR
+# recipe.
+CROP_PAD = 4
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+EMBEDDED_SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "assets",
+                                    "cifar10_sample.npz")
+# CIFAR-10/100 archives are served from here; tfds downloads them from it.
+_DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)
+# Images are decoded and converted in chunks of this many, which bounds the
+# float32 memory a resize needs.
+_CHUNK = 1024
+# tfds examples are read in batches this big and concatenated.
+_TFDS_BATCH = 8192
+
+
+class DataError(Exception):
+  """Bad or unreachable data; its message is one clear line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split held in memory.
+
+  Attributes:
+    images: uint8 array [N, 32, 32, 3].
+    labels: int64 array [N].
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __post_init__(self):
+    shape = tuple(self.images.shape)
+    if (self.images.dtype != np.uint8 or len(shape) != 4 or
+        shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, CHANNELS)):
+      raise ValueError(f"Split.images must be uint8 [N, {IMAGE_SIZE}, "
+                       f"{IMAGE_SIZE}, {CHANNELS}], got {self.images.dtype} "
+                       f"{list(shape)}")
+    if self.labels.dtype != np.int64 or self.labels.shape != (shape[0],):
+      raise ValueError(f"Split.labels must be int64 [{shape[0]}], got "
+                       f"{self.labels.dtype} {list(self.labels.shape)}")
+
+  def __len__(self):
+    return int(self.labels.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A train and a test split sharing one label space.
+
+  Attributes:
+    train: The training split.
+    test: The evaluation split.
+    class_names: Tuple of str; label i is class_names[i].
+    source: Human-readable origin, e.g. "tfds:cifar10".
+  """
+  train: Split
+  test: Split
+  class_names: tuple
+  source: str
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def load(config) -> Dataset:
+  """Loads the data source that `config` selects.
+
+  Args:
+    config: An `rsr_tf.config.DataConfig`. `image_folder` wins if set, then
+      `embedded_sample`, else the tfds dataset `dataset` in `data_dir`.
+
+  Returns:
+    The Dataset, cut to `train_limit`/`eval_limit` examples (0 means all)
+    with `balanced_subset`.
+
+  Raises:
+    DataError: The data is missing, malformed or cannot be downloaded.
+  """
+  if config.image_folder:
+    return load_image_folder(config.image_folder, config.train_limit,
+                             config.eval_limit)
+  if config.embedded_sample:
+    return load_embedded_sample(config.train_limit, config.eval_limit)
+  return load_tfds(config.dataset, config.data_dir, config.train_limit,
+                   config.eval_limit)
+
+
+def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
+  """Picks `n` examples spread as evenly as possible over the classes.
+
+  Classes are visited round-robin in increasing label order, each giving its
+  examples in their original order: the k-th example of every class comes
+  before the (k+1)-th of any. A class that runs out is skipped. This works the
+  same whether `labels` is sorted by class or shuffled.
+
+  Args:
+    labels: Integer array [N].
+    n: How many to pick; 0 or anything >= N means all.
+
+  Returns:
+    int64 indices into `labels`, in round-robin order (original order when
+    all are taken).
+  """
+  labels = np.asarray(labels).reshape(-1)
+  total = labels.shape[0]
+  if n <= 0 or n >= total:
+    return np.arange(total, dtype=np.int64)
+  # Rank of each example within its class: a stable sort groups every class
+  # while keeping its original order, so rank = position - group start.
+  order = np.argsort(labels, kind="stable")
+  sorted_labels = labels[order]
+  starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+  group_sizes = np.diff(np.r_[starts, total])
+  rank = np.empty(total, dtype=np.int64)
+  rank[order] = np.arange(total) - np.repeat(starts, group_sizes)
+  # lexsort's last key is the primary one.
+  picked = np.lexsort((labels, rank))[:n]
+  return picked.astype(np.int64)
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and (population) std of uint8 images in [0, 1] scale.
+
+  Args:
+    images: uint8 array [..., C].
+
+  Returns:
+    (mean, std), each float32 [C].
+  """
+  images = np.asarray(images)
+  flat = images.reshape(-1, images.shape[-1])
+  count = flat.shape[0]
+  if count == 0:
+    raise ValueError("channel_stats needs at least one pixel")
+  total = np.zeros(flat.shape[1], dtype=np.float64)
+  total_sq = np.zeros(flat.shape[1], dtype=np.float64)
+  # Chunked so 50k images never become a 1.2 GB float64 copy; integer pixel
+  # sums are exact in float64, so sum/sum-of-squares loses no precision.
+  step = _CHUNK * IMAGE_SIZE * IMAGE_SIZE
+  for begin in range(0, count, step):
+    chunk = flat[begin:begin + step].astype(np.float64)
+    total += chunk.sum(axis=0)
+    total_sq += np.square(chunk).sum(axis=0)
+  mean = total / count
+  var = np.maximum(total_sq / count - np.square(mean), 0.0)
+  return ((mean / 255.0).astype(np.float32),
+          (np.sqrt(var) / 255.0).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Image folder.
+
+
+def load_image_folder(root: str, train_limit: int = 0,
+                      eval_limit: int = 0) -> Dataset:
+  """Loads `root/train/<class>/*` and `root/test/<class>/*` image files.
+
+  Class names are the sorted subfolder names and must be the same in both
+  splits. Files are taken in sorted name order; the limits pick files with
+  `balanced_subset` before decoding, so only the chosen files are read.
+  Images that are not 32x32 are resized.
+
+  Args:
+    root: Folder holding `train/` and `test/`.
+    train_limit: Training examples to keep; 0 means all.
+    eval_limit: Test examples to keep; 0 means all.
+
+  Returns:
+    The Dataset, with source "image_folder:<root>".
+
+  Raises:
+    DataError: The layout is wrong or a class folder has no images.
+  """
+  if not os.path.isdir(root):
+    raise DataError(f"image folder {root} does not exist or is not a "
+                    f"directory; expected train/<class>/ and test/<class>/ "
+                    f"subfolders in it")
+  train_classes, train_files = _list_split(root, "train")
+  test_classes, test_files = _list_split(root, "test")
+  if train_classes != test_classes:
+    raise DataError(f"image folder {root}: train/ and test/ have different "
+                    f"class folders: train {list(train_classes)} vs test "
+                    f"{list(test_classes)}")
+  train = _decode_files(os.path.join(root, "train"), "train", train_files,
+                        train_limit)
+  test = _decode_files(os.path.join(root, "test"), "test", test_files,
+                       eval_limit)
+  return Dataset(train=train, test=test, class_names=train_classes,
+                 source=f"image_folder:{root}")
+
+
+def _list_split(root, split):
+  """Returns (class_names, [(path, label), ...]) for `root/split`."""
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise DataError(f"image folder {root} has no {split}/ subfolder; expected "
+                    f"train/<class>/ and test/<class>/ subfolders")
+  with os.scandir(split_dir) as entries:
+    class_names = tuple(sorted(
+        e.name for e in entries if e.is_dir() and not e.name.startswith(".")))
+  if not class_names:
+    raise DataError(f"{split_dir} has no class folders; expected "
+                    f"{split_dir}/<class>/ folders of images")
+  files = []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, name)
+    with os.scandir(class_dir) as entries:
+      names = sorted(e.name for e in entries
+                     if e.name.lower().endswith(IMAGE_EXTENSIONS) and
+                     e.is_file())
+    if not names:
+      raise DataError(f"class folder {class_dir} has no images "
+                      f"({', '.join(IMAGE_EXTENSIONS)})")
+    files.extend((os.path.join(class_dir, n), label) for n in names)
+  return class_names, files
+
+
+def _decode_files(split_dir, split, files, limit):
+  """Decodes the `balanced_subset` of `files` into a Split."""
+  labels = np.array([label for _, label in files], dtype=np.int64)
+  keep = balanced_subset(labels, limit)
+  paths = [files[i][0] for i in keep]
+  print(f"decoding {len(paths)} {split} images from {split_dir} ...",
+        end="", file=sys.stderr, flush=True)
+  start = time.perf_counter()
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
+  ds = ds.map(lambda p: _to_uint8_rgb32(_decode_any(tf.io.read_file(p))),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  images = _collect(ds)
+  print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+  return Split(images=images, labels=labels[keep])
+
+
+def _decode_any(contents):
+  return tf.io.decode_image(contents, channels=CHANNELS,
+                            expand_animations=False)
+
+
+def _to_uint8_rgb32(image):
+  """Resizes one uint8 [H, W, 3] image to 32x32 unless it already is."""
+  shape = tf.shape(image)
+  needs_resize = tf.logical_or(tf.not_equal(shape[0], IMAGE_SIZE),
+                               tf.not_equal(shape[1], IMAGE_SIZE))
+  image = tf.cond(needs_resize, lambda: _resize_uint8(image), lambda: image)
+  return tf.ensure_shape(image, (IMAGE_SIZE, IMAGE_SIZE, CHANNELS))
+
+
+def _resize_uint8(images):
+  """Resizes uint8 [..., H, W, C] images to 32x32, rounding back to uint8."""
+  # Antialiasing keeps large photos from aliasing when shrunk ~10x.
+  resized = tf.image.resize(images, (IMAGE_SIZE, IMAGE_SIZE), antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _collect(ds):
+  """Materialises a dataset of uint8 [32, 32, 3] images into one array."""
+  chunks = [c for c in ds.batch(_CHUNK).prefetch(1).as_numpy_iterator()]
+  if not chunks:
+    return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, CHANNELS), dtype=np.uint8)
+  return np.concatenate(chunks, axis=0)
+
+
+# ---------------------------------------------------------------------------
+# TensorFlow Datasets.
+
+
+def _download_host_reachable(timeout_s: float = 5.0) -> bool:
+  """Whether a TCP connection to the CIFAR download host opens in time.
+
+  The attempt runs in a daemon thread that is abandoned after `timeout_s`
+  (plus a little), because DNS resolution ignores socket timeouts and can hang
+  far longer when offline.
+
+  Args:
+    timeout_s: Seconds to wait for the connection.
+
+  Returns:
+    True if the connection opened.
+  """
+  result = []
+
+  def attempt():
+    try:
+      with socket.create_connection(_DOWNLOAD_HOST, timeout=timeout_s):
+        result.append(True)
+    except OSError:
+      result.append(False)
+
+  thread = threading.Thread(target=attempt, name="rsr_tf-reachability",
+                            daemon=True)
+  thread.start()
+  thread.join(timeout_s + 1.0)
+  return bool(result and result[0])
+
+
+def load_tfds(name: str, data_dir: Optional[str] = None, train_limit: int = 0,
+              eval_limit: int = 0) -> Dataset:
+  """Loads the 'train' and 'test' splits of a TensorFlow Datasets dataset.
+
+  Downloads and prepares the dataset first if needed. Images that are not
+  32x32x3 (e.g. 28x28 grayscale) are converted to RGB and resized.
+
+  Args:
+    name: tfds name, e.g. "cifar10".
+    data_dir: tfds data folder; None means the tfds default.
+    train_limit: Training examples to keep; 0 means all.
+    eval_limit: Test examples to keep; 0 means all.
+
+  Returns:
+    The Dataset, with source "tfds:<name>".
+
+  Raises:
+    DataError: Unknown dataset, or not prepared and cannot be downloaded.
+  """
+  # Imported here: it takes seconds and only this source needs it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f"unknown tfds dataset {name!r}; pass a tfds name such as "
+                    f"cifar10 or --image_folder=DIR") from e
+  where = data_dir or "the default tfds data_dir"
+  if not builder.is_prepared():
+    # Offline, tfds would retry the download for minutes before failing.
+    if not _download_host_reachable():
+      raise DataError(
+          f"tfds dataset {name!r} is not prepared in {where} and its download "
+          f"host is unreachable (offline?); pass --image_folder=DIR with a "
+          f"train/<class>/, test/<class>/ copy, or --data_dir where it is "
+          f"prepared")
+    print(f"downloading and preparing tfds dataset {name!r} in {where} ...",
+          file=sys.stderr, flush=True)
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      # tfds raises many error types here; the user needs one line, and the
+      # chained traceback keeps the detail.
+      detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise DataError(f"could not download/prepare tfds dataset {name!r} in "
+                      f"{where}: {type(e).__name__}: {detail}") from e
+
+  label_feature = builder.info.features["label"]
+  class_names = tuple(str(n) for n in label_feature.names)
+  splits = {}
+  for split, limit in (("train", train_limit), ("test", eval_limit)):
+    try:
+      ds = builder.as_dataset(split=split, as_supervised=True)
+    except (KeyError, ValueError) as e:
+      raise DataError(f"tfds dataset {name!r} has no {split!r} split "
+                      f"(it has {', '.join(builder.info.splits)})") from e
+    # Not batch_size=-1: that batches by the recorded example count, or by
+    # sys.maxsize when the count is unknown (as under tfds.testing.mock_data),
+    # which aborts the process.
+    chunks = list(tfds.as_numpy(ds.batch(_TFDS_BATCH)))
+    if not chunks:
+      raise DataError(f"tfds dataset {name!r} split {split!r} is empty")
+    images = np.concatenate([c[0] for c in chunks], axis=0)
+    labels = np.concatenate([c[1] for c in chunks], axis=0).astype(np.int64)
+    keep = balanced_subset(labels, limit)
+    splits[split] = Split(images=_to_rgb32_array(images[keep]),
+                          labels=labels[keep])
+  return Dataset(train=splits["train"], test=splits["test"],
+                 class_names=class_names, source=f"tfds:{name}")
+
+
+def _to_rgb32_array(images):
+  """Converts uint8 [N, H, W, C] (C in 1, 3, 4) to uint8 [N, 32, 32, 3]."""
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., np.newaxis]
+  if images.dtype != np.uint8:
+    raise DataError(f"expected uint8 images, got {images.dtype}")
+  channels = images.shape[-1]
+  if channels == 1:
+    images = np.repeat(images, CHANNELS, axis=-1)
+  elif channels == 4:
+    images = images[..., :CHANNELS]
+  elif channels != CHANNELS:
+    raise DataError(f"cannot use images with {channels} channels")
+  if images.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE):
+    return np.ascontiguousarray(images)
+  out = np.empty((images.shape[0], IMAGE_SIZE, IMAGE_SIZE, CHANNELS),
+                 dtype=np.uint8)
+  for begin in range(0, images.shape[0], _CHUNK):
+    out[begin:begin + _CHUNK] = _resize_uint8(
+        images[begin:begin + _CHUNK]).numpy()
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Embedded sample.
+
+
+def load_embedded_sample(train_limit: int = 0, eval_limit: int = 0) -> Dataset:
+  """Loads the small CIFAR-10 sample shipped in `rsr_tf/assets`.
+
+  The sample holds 2000 train (200 per class) and 500 test (50 per class)
+  images as their original JPEG bytes; they are decoded on every call.
+
+  Args:
+    train_limit: Training examples to keep; 0 means all.
+    eval_limit: Test examples to keep; 0 means all.
+
+  Returns:
+    The Dataset, with source "embedded:cifar10_sample".
+
+  Raises:
+    DataError: The sample file is missing or malformed.
+  """
+  path = EMBEDDED_SAMPLE_PATH
+  if not os.path.isfile(path):
+    raise DataError(f"embedded sample {path} is missing; reinstall rsr_tf or "
+                    f"rebuild it with scripts/make_embedded_sample.py")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {key: npz[key] for key in npz.files}
+  except (OSError, ValueError) as e:
+    raise DataError(f"embedded sample {path} is unreadable: {e}") from e
+  needed = ("jpeg_bytes", "train_offsets", "train_labels", "test_offsets",
+            "test_labels", "class_names")
+  missing = [key for key in needed if key not in arrays]
+  if missing:
+    raise DataError(f"embedded sample {path} lacks {', '.join(missing)}; "
+                    f"rebuild it with scripts/make_embedded_sample.py")
+  blob = arrays["jpeg_bytes"].tobytes()
+  splits = {}
+  for split, limit in (("train", train_limit), ("test", eval_limit)):
+    offsets = arrays[f"{split}_offsets"].astype(np.int64)
+    labels = arrays[f"{split}_labels"].astype(np.int64)
+    keep = balanced_subset(labels, limit)
+    encoded = [blob[offsets[i]:offsets[i + 1]] for i in keep]
+    ds = tf.data.Dataset.from_tensor_slices(
+        tf.constant(encoded, dtype=tf.string, shape=[len(encoded)]))
+    ds = ds.map(lambda b: _to_uint8_rgb32(
+        tf.io.decode_jpeg(b, channels=CHANNELS)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    splits[split] = Split(images=_collect(ds), labels=labels[keep])
+  class_names = tuple(str(n) for n in arrays["class_names"])
+  return Dataset(train=splits["train"], test=splits["test"],
+                 class_names=class_names, source="embedded:cifar10_sample")
+
+
+# ---------------------------------------------------------------------------
+# Input pipelines.
+
+
+def augment_batch(images: tf.Tensor,
+                  seed_generator: Optional[tf.random.Generator] = None
+                  ) -> tf.Tensor:
+  """Random pad-4 crop and horizontal flip of a whole batch at once.
+
+  Args:
+    images: [B, H, W, C] tensor (any dtype; the pipeline passes uint8, tests
+      float32). The output has the same shape and dtype.
+    seed_generator: Source of randomness; None draws from TensorFlow's global
+      seed, which also works inside `tf.function`.
+
+  Returns:
+    The augmented batch: each image is shifted by up to 4 pixels in each
+    direction with zeros filling in, and mirrored with probability 1/2.
+  """
+  if seed_generator is None:
+    seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+  else:
+    seed = seed_generator.make_seeds(1)[:, 0]
+  return _augment_stateless(images, seed)
+
+
+def _augment_stateless(images, seed):
+  """`augment_batch` with a stateless [2] seed, so tf.data stays repeatable."""
+  images = tf.convert_to_tensor(images)
+  shape = tf.shape(images)
+  batch, height, width = shape[0], shape[1], shape[2]
+  padded = tf.pad(images, [[0, 0], [CROP_PAD, CROP_PAD], [CROP_PAD, CROP_PAD],
+                           [0, 0]])
+  seeds = tf.random.experimental.stateless_split(seed, num=3)
+  top = tf.random.stateless_uniform([batch], seeds[0], minval=0,
+                                    maxval=2 * CROP_PAD + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([batch], seeds[1], minval=0,
+                                     maxval=2 * CROP_PAD + 1, dtype=tf.int32)
+  flip = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
+  rows = top[:, tf.newaxis] + tf.range(height)[tf.newaxis, :]
+  cols = left[:, tf.newaxis] + tf.range(width)[tf.newaxis, :]
+  # Flipping the column indices mirrors the crop inside the same gather, so
+  # the flip costs no extra pass over the pixels.
+  cols = tf.where(flip[:, tf.newaxis], tf.reverse(cols, axis=[1]), cols)
+  out = tf.gather(padded, rows, axis=1, batch_dims=1)
+  out = tf.gather(out, cols, axis=2, batch_dims=1)
+  out.set_shape(images.shape)
+  return out
+
+
+def _to_float(images):
+  return tf.cast(images, tf.float32) * (1.0 / 255.0)
+
+
+def train_pipeline(split: Split, batch_size: int, seed: int = 0,
+                   augment: bool = True) -> tf.data.Dataset:
+  """Shuffled, augmented training batches.
+
+  Each iteration (epoch) reshuffles and redraws the augmentation, both
+  repeatably from `seed`. Only full batches are produced.
+
+  Args:
+    split: The training split.
+    batch_size: Examples per batch.
+    seed: Seed for the shuffle and the augmentation.
+    augment: Whether to apply the random crop and flip.
+
+  Returns:
+    A dataset of (float32 images [B, 32, 32, 3] in [0, 1], int64 labels [B]).
+  """
+  n = len(split)
+  # Shuffling indices and gathering whole batches keeps the pixels as one
+  # uint8 tensor and avoids per-image work; floats appear only per batch.
+  images = tf.constant(split.images)
+  labels = tf.constant(split.labels)
+  ds = tf.data.Dataset.range(n).shuffle(n, seed=seed,
+                                        reshuffle_each_iteration=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if augment:
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(ds, seeds.batch(2))
+
+    def make_batch(index, aug_seed):
+      batch = _augment_stateless(tf.gather(images, index), aug_seed)
+      return _to_float(batch), tf.gather(labels, index)
+  else:
+
+    def make_batch(index):
+      return _to_float(tf.gather(images, index)), tf.gather(labels, index)
+
+  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(split: Split, batch_size: int) -> tf.data.Dataset:
+  """Batches in order, no augmentation, last partial batch kept.
+
+  Args:
+    split: The split to evaluate on.
+    batch_size: Examples per batch.
+
+  Returns:
+    A dataset of (float32 images [B, 32, 32, 3] in [0, 1], int64 labels [B]).
+  """
+  images = tf.constant(split.images)
+  labels = tf.constant(split.labels)
+  ds = tf.data.Dataset.range(len(split)).batch(batch_size)
+  ds = ds.map(
+      lambda index: (_to_float(tf.gather(images, index)),
+                     tf.gather(labels, index)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)

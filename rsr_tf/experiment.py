@@ -1,0 +1,208 @@
+"""One RSR run end to end: data, model, training, pruning, evaluation, outputs."""
+
+import os
+import sys
+import time
+
+import rsr_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from rsr_tf import data as data_lib
+from rsr_tf import evaluation
+from rsr_tf import layers as rsr_layers
+from rsr_tf import models
+from rsr_tf import outputs
+from rsr_tf import pruning
+from rsr_tf import regularizers
+from rsr_tf import training
+
+
+def _log(message):
+  print(message, file=sys.stderr, flush=True)
+
+
+def _pruning_step_at(epoch, steps_per_epoch, adversarial_start):
+  """tfmot's pruning step when `epoch` begins: it counts training calls."""
+  calls = 0
+  for e in range(epoch):
+    adversarial = adversarial_start is not None and e >= adversarial_start
+    calls += steps_per_epoch * (2 if adversarial else 1)
+  return calls
+
+
+def _callbacks(config, trainer, phase, images_per_epoch, adversarial_start):
+  out = config.output_dir
+  throughput = training.Throughput(images_per_epoch)
+  callbacks = [
+      throughput,
+      training.Checkpoint(os.path.join(out, "checkpoints", phase),
+                          trainer.backbone, trainer.optimizer),
+      keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+      keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
+                                  write_graph=False, profile_batch=0),
+  ]
+  if adversarial_start is not None:
+    callbacks.insert(0, training.AdversarialStart(adversarial_start))
+  if pruning.is_pruned(trainer.backbone):
+    callbacks += pruning.callbacks()
+  return callbacks, throughput
+
+
+def _fit(config, backbone, optimizer, train_ds, eval_ds, phase, first_epoch,
+         last_epoch, images_per_epoch):
+  adversarial_start = config.adversarial_start_epoch()
+  trainer = training.RSRTrainer(
+      backbone, config.attack, config.loss,
+      adversarial_active=(adversarial_start is not None
+                          and first_epoch >= adversarial_start))
+  trainer.compile(optimizer=optimizer)
+  callbacks, throughput = _callbacks(config, trainer, phase, images_per_epoch,
+                                     adversarial_start)
+  history = trainer.fit(train_ds, validation_data=eval_ds, epochs=last_epoch,
+                        initial_epoch=first_epoch, callbacks=callbacks,
+                        verbose=2 if os.environ.get("CI") else 1)
+  return history.history, throughput.images_per_second()
+
+
+def run(config, argv=None):
+  """Trains, prunes and evaluates one model; writes outputs; returns metrics.
+
+  Args:
+    config: a `config.TrainConfig`; validated here.
+    argv: the command line to record (defaults to sys.argv).
+
+  Returns:
+    The metrics dict also written to `<output_dir>/metrics.json`.
+  """
+  config.validate()
+  out = config.output_dir
+  outputs.check_writable(out)
+  started = time.perf_counter()
+  keras.utils.set_random_seed(config.seed)
+
+  data = data_lib.load(config.data)
+  _log(f"data: {data.source}, {len(data.train.labels)} train / "
+       f"{len(data.test.labels)} eval images, {data.num_classes} classes")
+  mean, std = data_lib.channel_stats(data.train.images)
+  batch = config.data.batch_size
+  train_ds = data_lib.train_pipeline(data.train, batch, seed=config.data.seed,
+                                     augment=config.data.augment)
+  eval_ds = data_lib.eval_pipeline(data.test, batch)
+  steps_per_epoch = len(data.train.labels) // batch
+  images_per_epoch = steps_per_epoch * batch
+
+  penalty = regularizers.KernelPenalty(config.loss.lambda_l1,
+                                       config.loss.lambda_group,
+                                       config.loss.weight_decay)
+  backbone = models.build(config.model.name, data.num_classes,
+                          noise=config.model.noise,
+                          alpha_init=config.model.alpha_init,
+                          kernel_regularizer=penalty, mean=mean, std=std)
+  _log(f"model: {config.model.name}, {backbone.count_params():,} parameters, "
+       f"noise={config.model.noise}")
+
+  opt = config.optimizer
+  prune = config.prune
+  adversarial_start = config.adversarial_start_epoch()
+  if prune.schedule == "polynomial":
+    begin = _pruning_step_at(prune.begin_epoch, steps_per_epoch, adversarial_start)
+    end = _pruning_step_at(prune.end_epoch or opt.epochs, steps_per_epoch,
+                           adversarial_start)
+    backbone = pruning.prune(backbone, pruning.polynomial_schedule(
+        prune.target_sparsity, begin, end, prune.frequency))
+    _log(f"pruning: polynomial to {prune.target_sparsity:.0%} between "
+         f"training calls {begin} and {end}")
+
+  _log(f"phase 1: RSR training, {opt.epochs} epochs; adversarial from epoch "
+       f"{'never' if adversarial_start is None else adversarial_start + 1}")
+  schedule = training.step_decay(opt.learning_rate, opt.epochs, steps_per_epoch,
+                                 opt.lr_milestones, opt.lr_gamma)
+  history, rate = _fit(config, backbone, training.sgd(schedule, opt.momentum),
+                       train_ds, eval_ds, "train", 0, opt.epochs,
+                       images_per_epoch)
+  rates = {"train": rate}
+
+  layer_sparsity = None
+  if prune.schedule == "oneshot":
+    layer_sparsity = pruning.global_magnitude_sparsities(backbone,
+                                                         prune.target_sparsity)
+    backbone = pruning.prune(backbone, pruning.constant_schedules(
+        layer_sparsity, prune.frequency))
+    _log(f"pruning: one global magnitude threshold for {prune.target_sparsity:.0%}; "
+         "per layer: " + ", ".join(f"{k} {v:.2f}" for k, v in layer_sparsity.items()))
+  if opt.finetune_epochs:
+    _log(f"phase 2: fine-tune at the target sparsity, {opt.finetune_epochs} "
+         f"epochs, lr {opt.finetune_lr}")
+    finetune_history, rates["finetune"] = _fit(
+        config, backbone, training.sgd(opt.finetune_lr, opt.momentum), train_ds,
+        eval_ds, "finetune", opt.epochs, opt.epochs + opt.finetune_epochs,
+        images_per_epoch)
+    for key, values in finetune_history.items():
+      history.setdefault(key, []).extend(values)
+
+  final = pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone
+  sparsity = pruning.measured_sparsity(final)
+  _log(f"evaluating on {len(data.test.labels)} held-out images, "
+       f"{config.eval_noise_draws} noise draws")
+  clean = evaluation.accuracy_over_draws(final, eval_ds, config.eval_noise_draws,
+                                         label="clean")
+  adversarial = evaluation.accuracy_over_draws(
+      final, eval_ds, config.eval_noise_draws, attack=config.attack,
+      label=f"PGD-{config.attack.steps}")
+  alphas = [a.numpy() for a in rsr_layers.alphas(final)]
+
+  metrics = {
+      "clean_accuracy": clean,
+      "pgd_accuracy": adversarial,
+      "pgd": {"eps": config.attack.eps, "step_size": config.attack.step_size,
+              "steps": config.attack.steps, "rand_init": config.attack.rand_init,
+              "labels": "true", "model_mode": "inference, noise on"},
+      "sparsity": sparsity,
+      "oneshot_layer_sparsity": layer_sparsity,
+      "mean_alpha": (float(sum(a.sum() for a in alphas)
+                           / sum(a.size for a in alphas)) if alphas else None),
+      "alpha_per_layer": {layer.name: float(layer.alpha.numpy().mean())
+                          for layer in rsr_layers.noisy_layers(final)
+                          if layer.alpha is not None},
+      "epochs": {"train": opt.epochs, "finetune": opt.finetune_epochs,
+                 "adversarial_from_epoch": adversarial_start},
+      "training_images_per_second": rates,
+      "history": history,
+      "data": {"source": data.source, "train_examples": len(data.train.labels),
+               "eval_examples": len(data.test.labels),
+               "class_names": list(data.class_names)},
+      "parameters": final.count_params(),
+      "wall_seconds": time.perf_counter() - started,
+      "config": config.to_dict(),
+      "provenance": outputs.provenance(argv),
+  }
+  outputs.save_model_atomic(final, os.path.join(out, "model.keras"))
+  outputs.write_text_atomic(os.path.join(out, "config.json"), config.to_json())
+  outputs.write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+  print(summary_table(metrics, out))
+  return metrics
+
+
+def summary_table(metrics, output_dir):
+  """The final table a user reads after a run."""
+  def acc(entry):
+    return f"{entry['mean'] * 100:6.2f} % ± {entry['std'] * 100:.2f}"
+  pgd = metrics["pgd"]
+  rates = metrics["training_images_per_second"]
+  rows = [
+      ("clean accuracy", acc(metrics["clean_accuracy"])),
+      (f"PGD-{pgd['steps']} accuracy (eps {pgd['eps'] * 255:g}/255)",
+       acc(metrics["pgd_accuracy"])),
+      ("sparsity (stripped kernels)", f"{metrics['sparsity']['overall'] * 100:6.2f} %"),
+      ("mean alpha", "n/a" if metrics["mean_alpha"] is None
+       else f"{metrics['mean_alpha']:.4f}"),
+      ("training images/s", ", ".join(f"{k} {v:.1f}" for k, v in rates.items())),
+      ("eval images x noise draws", f"{metrics['clean_accuracy']['examples']} x "
+       f"{len(metrics['clean_accuracy']['per_draw'])}"),
+  ]
+  width = max(len(name) for name, _ in rows)
+  lines = [f"{name:<{width}}  {value}" for name, value in rows]
+  lines.append(f"outputs: {output_dir}/model.keras, metrics.json, tensorboard/")
+  rule = "-" * max(len(line) for line in lines)
+  return "\n".join([rule] + lines + [rule])

@@ -1,0 +1,190 @@
+"""Parametric noise injection on weights (PNI-W): prunable, serialisable layers."""
+
+import rsr_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+NOISE_MODES = ("none", "layer", "channel", "element")
+
+
+def _alpha_shape(mode, kernel_shape):
+  if mode == "layer":
+    return ()
+  if mode == "channel":
+    return (kernel_shape[-1],)  # conv HWIO and dense [in, out]: last axis is output
+  if mode == "element":
+    return tuple(kernel_shape)
+  raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
+
+
+class _WeightNoise:
+  """Shared behaviour: w_noisy = w + alpha * eta, eta ~ N(0, std(w)^2).
+
+  Both eta and std(w) are constants for backprop, so d w_noisy / d alpha = eta
+  and d w_noisy / d w = 1.
+  """
+
+  def _init_noise(self, noise, alpha_init, noise_enabled):
+    if noise not in NOISE_MODES:
+      raise ValueError(
+          f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
+    if alpha_init < 0:
+      raise ValueError(f"alpha_init must be >= 0, got {alpha_init}")
+    self.noise = noise
+    self.alpha_init = float(alpha_init)
+    # A Python switch rather than a variable: with it off the graph has no
+    # random op at all, which is what a deterministic export needs.
+    self.noise_enabled = bool(noise_enabled)
+    self.alpha = None
+
+  def _build_alpha(self):
+    if self.noise == "none":
+      return
+    self.alpha = self.add_weight(
+        name="alpha",
+        shape=_alpha_shape(self.noise, self.kernel.shape),
+        initializer=keras.initializers.Constant(self.alpha_init),
+        trainable=True,
+        dtype=self.dtype)  # float32 even under mixed precision
+
+  def noisy_kernel(self, kernel):
+    """Returns the kernel with fresh noise, or `kernel` itself when off."""
+    if self.alpha is None or not self.noise_enabled:
+      return kernel
+    kernel32 = tf.cast(kernel, tf.float32)
+    std = tf.stop_gradient(tf.math.reduce_std(kernel32))
+    eta = tf.random.normal(tf.shape(kernel32), dtype=tf.float32) * std
+    # Pruned weights are removed from the network, so they get no noise either:
+    # the deployed sparse model stays sparse.
+    eta = tf.stop_gradient(eta * tf.cast(tf.not_equal(kernel32, 0.0), tf.float32))
+    return kernel + tf.cast(self.alpha * eta, kernel.dtype)
+
+  def get_prunable_weights(self):
+    return [self.kernel]
+
+  def _noise_config(self):
+    return {"noise": self.noise, "alpha_init": self.alpha_init,
+            "noise_enabled": self.noise_enabled}
+
+
+@keras.saving.register_keras_serializable(package="rsr_tf")
+class NoisyConv2D(_WeightNoise, keras.layers.Conv2D,
+                  tfmot.sparsity.keras.PrunableLayer):
+  """Conv2D whose kernel carries PNI-W noise on every call, training or not.
+
+  Args:
+    noise: "channel" (one alpha per output filter, PNI's best), "layer",
+      "element", or "none" (a plain Conv2D).
+    alpha_init: starting value of the learnable noise scale alpha.
+    noise_enabled: when False the layer is deterministic (ablations, export).
+    **kwargs: forwarded to `keras.layers.Conv2D`.
+  """
+
+  def __init__(self, *args, noise="channel", alpha_init=0.25,
+               noise_enabled=True, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._init_noise(noise, alpha_init, noise_enabled)
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self._build_alpha()
+
+  def convolution_op(self, inputs, kernel):
+    return super().convolution_op(inputs, self.noisy_kernel(kernel))
+
+  def get_config(self):
+    return {**super().get_config(), **self._noise_config()}
+
+
+@keras.saving.register_keras_serializable(package="rsr_tf")
+class NoisyDense(_WeightNoise, keras.layers.Dense,
+                 tfmot.sparsity.keras.PrunableLayer):
+  """Dense layer with PNI-W noise on its kernel; arguments as `NoisyConv2D`."""
+
+  def __init__(self, *args, noise="channel", alpha_init=0.25,
+               noise_enabled=True, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._init_noise(noise, alpha_init, noise_enabled)
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self._build_alpha()
+
+  def call(self, inputs):
+    inputs = tf.cast(inputs, self.compute_dtype)
+    outputs = tf.matmul(inputs, self.noisy_kernel(
+        tf.cast(self.kernel, self.compute_dtype)))
+    if self.use_bias:
+      outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, self.compute_dtype))
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+  def get_config(self):
+    return {**super().get_config(), **self._noise_config()}
+
+
+@keras.saving.register_keras_serializable(package="rsr_tf")
+class ChannelPadShortcut(keras.layers.Layer):
+  """ResNet option-A shortcut: subsample by `stride`, zero-pad new channels.
+
+  Parameter-free, so a pruned CIFAR ResNet-20 keeps the paper's 0.27M weights.
+  """
+
+  def __init__(self, filters, stride=2, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = int(filters)
+    self.stride = int(stride)
+
+  def call(self, inputs):
+    x = inputs[:, ::self.stride, ::self.stride, :]
+    extra = self.filters - x.shape[-1]
+    if extra < 0:
+      raise ValueError(
+          f"ChannelPadShortcut filters={self.filters} is fewer than the "
+          f"input's {x.shape[-1]} channels")
+    return tf.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "stride": self.stride}
+
+
+def noisy_layers(model):
+  """Every NoisyConv2D/NoisyDense in `model`, looking inside pruning wrappers."""
+  found = []
+  for layer in model.layers:
+    inner = getattr(layer, "layer", layer)  # tfmot's PruneLowMagnitude
+    if isinstance(inner, _WeightNoise):
+      found.append(inner)
+    elif isinstance(inner, keras.Model):
+      found.extend(noisy_layers(inner))
+  return found
+
+
+def set_noise_enabled(model, enabled):
+  """Turns test-time noise on or off in every noisy layer of `model`.
+
+  The switch is read when a function is traced, so this also drops the
+  model's cached train/test/predict functions.
+  """
+  for layer in noisy_layers(model):
+    layer.noise_enabled = bool(enabled)
+  for attr in ("train_function", "test_function", "predict_function"):
+    if hasattr(model, attr):
+      setattr(model, attr, None)
+
+
+def alphas(model):
+  """The noise-scale variables of `model` (empty when noise is 'none')."""
+  return [layer.alpha for layer in noisy_layers(model) if layer.alpha is not None]
+
+
+NOISY_LAYER_TYPES = (NoisyConv2D, NoisyDense)
+
+CUSTOM_OBJECTS = {
+    "NoisyConv2D": NoisyConv2D,
+    "NoisyDense": NoisyDense,
+    "ChannelPadShortcut": ChannelPadShortcut,
+}

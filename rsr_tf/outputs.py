@@ -1,0 +1,84 @@
+"""Run outputs: atomic writes and the provenance every result file carries."""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+
+def check_writable(directory):
+  """Creates `directory` if needed and proves a file can be written there.
+
+  Raises:
+    OSError: with a one-line message naming the directory.
+  """
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+      pass
+  except OSError as e:
+    raise OSError(f"output directory {directory!r} is not writable: "
+                  f"{e.strerror or e}") from e
+
+
+def write_text_atomic(path, text):
+  """Writes via a temporary file in the same folder, then renames."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json_atomic(path, payload):
+  write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_atomic(model, path):
+  """Saves a `.keras` file under a temporary name, then renames it."""
+  directory = os.path.dirname(os.path.abspath(path))
+  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+  try:
+    model.save(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def git_commit():
+  """HEAD of the checkout this package runs from, with '-dirty' if edited."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=here, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    return commit + ("-dirty" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def provenance(argv=None):
+  """Command, commit, date and software that produced a result."""
+  import tensorflow as tf  # deferred: rsr_tf has set the Keras switch by now
+  argv = list(sys.argv if argv is None else argv)
+  return {
+      "command": " ".join(["python"] + argv),
+      "git_commit": git_commit(),
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "host": platform.node(),
+      "python": platform.python_version(),
+      "tensorflow": tf.__version__,
+  }

@@ -1,0 +1,204 @@
+"""The RSR trainer: a `train_step` with PGD, weight noise, lasso and pruning."""
+
+import time
+
+import rsr_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from rsr_tf import attacks
+from rsr_tf import layers as rsr_layers
+
+
+def _cross_entropy(labels, logits):
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(labels, tf.int64), logits=tf.cast(logits, tf.float32)))
+
+
+def _accuracy_count(labels, logits):
+  return tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(labels, tf.int64)),
+                 tf.float32)
+
+
+class RSRTrainer(keras.Model):
+  """Wraps a functional backbone and trains it with the RSR objective.
+
+  loss = clean_weight * CE(x) + adv_weight * CE(x_adv) + sum(backbone.losses),
+  where x_adv is PGD made by the noisy backbone in inference mode, and
+  `backbone.losses` holds the kernel penalties (lasso, group lasso, decay).
+  Before adversarial training starts (`adversarial_active` False) the loss is
+  CE(x) plus the penalties.
+
+  Args:
+    backbone: the model to train; may carry tfmot pruning wrappers.
+    attack: `config.AttackConfig` for the PGD that makes x_adv.
+    loss: `config.LossConfig` for the weights and label choice.
+    adversarial_active: whether train steps make x_adv at all.
+  """
+
+  def __init__(self, backbone, attack, loss, adversarial_active=True, **kwargs):
+    super().__init__(**kwargs)
+    self.backbone = backbone
+    self.attack = attack
+    self.loss_config = loss
+    self.adversarial_active = bool(adversarial_active)
+    self._attack_fn = attacks.inference_fn(backbone)
+    noisy = rsr_layers.noisy_layers(backbone)
+    self._kernels = [layer.kernel for layer in noisy]
+    self._alphas = [layer.alpha for layer in noisy if layer.alpha is not None]
+    mean = keras.metrics.Mean
+    self._trackers = {name: mean(name=name) for name in (
+        "loss", "clean_loss", "adv_loss", "penalty", "clean_accuracy",
+        "adv_accuracy", "l1_norm", "sparsity", "mean_alpha")}
+
+  @property
+  def metrics(self):
+    return list(self._trackers.values())
+
+  def call(self, inputs, training=False):
+    return self.backbone(inputs, training=training)
+
+  def training_calls_per_step(self):
+    """How many `training=True` backbone calls one train step makes.
+
+    tfmot advances its pruning step on each, so schedules count these.
+    """
+    return 2 if self.adversarial_active else 1
+
+  def train_step(self, data):
+    x, y = data
+    with tf.GradientTape() as tape:
+      clean_logits = self.backbone(x, training=True)
+      clean_loss = _cross_entropy(y, clean_logits)
+      if self.adversarial_active:
+        with tape.stop_recording():
+          x_adv = self._adversarial_examples(x, y, clean_logits)
+        adv_logits = self.backbone(x_adv, training=True)
+        adv_loss = _cross_entropy(y, adv_logits)
+        data_loss = (self.loss_config.clean_weight * clean_loss
+                     + self.loss_config.adv_weight * adv_loss)
+      else:
+        data_loss = clean_loss
+      penalty = (tf.add_n(self.backbone.losses) if self.backbone.losses
+                 else tf.constant(0.0))
+      loss = data_loss + penalty
+    variables = self.backbone.trainable_variables
+    grads = tape.gradient(loss, variables)
+    # Before the update: tfmot re-masks pruned weights on the next call, so
+    # this reads the weights the forward passes actually used.
+    self._update_weight_stats()
+    self.optimizer.apply_gradients(zip(grads, variables))
+
+    t = self._trackers
+    t["loss"].update_state(loss)
+    t["clean_loss"].update_state(clean_loss)
+    t["penalty"].update_state(penalty)
+    t["clean_accuracy"].update_state(_accuracy_count(y, clean_logits))
+    if self.adversarial_active:
+      t["adv_loss"].update_state(adv_loss)
+      t["adv_accuracy"].update_state(_accuracy_count(y, adv_logits))
+    return {name: tracker.result() for name, tracker in t.items()}
+
+  def _adversarial_examples(self, x, y, clean_logits):
+    # The model's own predictions avoid label leaking (Kurakin et al.), and
+    # reusing the clean pass's logits saves a forward pass.
+    labels = y if self.loss_config.attack_true_labels else tf.argmax(
+        clean_logits, -1)
+    return attacks.pgd(self._attack_fn, x, labels, eps=self.attack.eps,
+                       step_size=self.attack.step_size, steps=self.attack.steps,
+                       rand_init=self.attack.rand_init)
+
+  def _update_weight_stats(self):
+    sizes = [tf.cast(tf.size(k), tf.float32) for k in self._kernels]
+    self._trackers["l1_norm"].update_state(
+        tf.add_n([tf.reduce_sum(tf.abs(k)) for k in self._kernels]))
+    zeros = tf.add_n([tf.reduce_sum(tf.cast(tf.equal(k, 0), tf.float32))
+                      for k in self._kernels])
+    self._trackers["sparsity"].update_state(zeros / tf.add_n(sizes))
+    if self._alphas:
+      flat = tf.concat([tf.reshape(a, [-1]) for a in self._alphas], 0)
+      self._trackers["mean_alpha"].update_state(tf.reduce_mean(flat))
+
+  def test_step(self, data):
+    x, y = data
+    logits = self.backbone(x, training=False)
+    self._trackers["clean_loss"].update_state(_cross_entropy(y, logits))
+    self._trackers["clean_accuracy"].update_state(_accuracy_count(y, logits))
+    return {"clean_loss": self._trackers["clean_loss"].result(),
+            "clean_accuracy": self._trackers["clean_accuracy"].result()}
+
+
+def step_decay(learning_rate, epochs, steps_per_epoch, milestones, gamma):
+  """lr times gamma at each milestone, given as a fraction of `epochs`."""
+  boundaries = [int(round(m * epochs)) * steps_per_epoch for m in milestones]
+  values = [learning_rate * gamma ** i for i in range(len(boundaries) + 1)]
+  return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def sgd(learning_rate, momentum):
+  return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                              nesterov=momentum > 0)
+
+
+class AdversarialStart(keras.callbacks.Callback):
+  """Turns adversarial training on from epoch `start_epoch` (0-based).
+
+  The switch is a Python attribute of the trainer, so the train function is
+  retraced once when it flips, and no step pays for a `tf.cond`.
+  """
+
+  def __init__(self, start_epoch):
+    super().__init__()
+    self.start_epoch = start_epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    wanted = epoch >= self.start_epoch
+    if self.model.adversarial_active != wanted:
+      self.model.adversarial_active = wanted
+      self.model.make_train_function(force=True)
+
+
+class Throughput(keras.callbacks.Callback):
+  """Training images per second, per epoch, excluding validation time."""
+
+  def __init__(self, images_per_epoch):
+    super().__init__()
+    self.images_per_epoch = images_per_epoch
+    self.epoch_seconds = []
+    self._start = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_test_begin(self, logs=None):
+    if self._start is not None:
+      self.epoch_seconds.append(time.perf_counter() - self._start)
+      self._start = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self._start is not None:  # no validation this epoch
+      self.epoch_seconds.append(time.perf_counter() - self._start)
+      self._start = None
+    if logs is not None:
+      logs["images_per_second"] = self.images_per_epoch / self.epoch_seconds[-1]
+
+  def images_per_second(self):
+    """Steady-state rate: the first epoch (tracing) is left out when possible."""
+    seconds = self.epoch_seconds[1:] or self.epoch_seconds
+    return self.images_per_epoch * len(seconds) / sum(seconds) if seconds else 0.0
+
+
+class Checkpoint(keras.callbacks.Callback):
+  """Keeps the latest backbone + optimizer state after every epoch."""
+
+  def __init__(self, directory, backbone, optimizer, max_to_keep=2):
+    super().__init__()
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._checkpoint = tf.train.Checkpoint(model=backbone, optimizer=optimizer,
+                                           epoch=self.epoch)
+    self.manager = tf.train.CheckpointManager(self._checkpoint, directory,
+                                              max_to_keep=max_to_keep)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.epoch.assign(epoch + 1)
+    self.manager.save(checkpoint_number=epoch + 1)

@@ -1,0 +1,193 @@
+"""Train a robust, sparse CIFAR model with RSR: PNI-W + PGD training + lasso + pruning.
+
+Example (the paper's recipe at CPU scale):
+  python scripts/train.py --model=resnet20 --noise=channel \
+    --image_folder=/tmp/cifar10 --train_limit=2000 --eval_limit=500 --epochs=2 \
+    --target_sparsity=0.85 --prune_schedule=oneshot --finetune_epochs=1 \
+    --output_dir=/tmp/run
+
+eps flags are in 1/255 units of [0, 1] images.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import rsr_tf  # noqa: E402,F401  (before TensorFlow: selects Keras 2)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from rsr_tf import config as config_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Every flag of the training script, with its range."""
+  # Data.
+  flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
+  flags.DEFINE_string("image_folder", None,
+                      "Local copy laid out as DIR/train/<class>/, DIR/test/<class>/; "
+                      "used instead of tfds.")
+  flags.DEFINE_bool("embedded_sample", False,
+                    "Use the 2,000/500-image CIFAR-10 sample shipped in the "
+                    "package (offline).")
+  flags.DEFINE_string("data_dir", None, "tfds data_dir.")
+  flags.DEFINE_integer("train_limit", 0, "First N training examples, class-"
+                       "balanced (0: all).", lower_bound=0)
+  flags.DEFINE_integer("eval_limit", 0, "First N eval examples, class-balanced "
+                       "(0: all).", lower_bound=0)
+  flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+  flags.DEFINE_bool("augment", True, "Pad-4 random crop and horizontal flip.")
+  # Model.
+  flags.DEFINE_enum("model", "resnet20", list(config_lib.MODEL_NAMES), "Network.")
+  flags.DEFINE_enum("noise", "channel", list(config_lib.NOISE_MODES),
+                    "PNI-W noise mode: one alpha per output channel, per layer, "
+                    "per weight, or no noise.")
+  flags.DEFINE_float("alpha_init", 0.25, "Initial noise scale alpha.",
+                     lower_bound=0)
+  # Adversarial training.
+  flags.DEFINE_bool("adversarial", True, "PGD adversarial training (off: "
+                    "natural training).")
+  flags.DEFINE_float("eps", 8.0, "PGD L-inf budget, in /255.", lower_bound=0,
+                     upper_bound=255)
+  flags.DEFINE_float("eps_step", 2.0, "PGD step size, in /255.", lower_bound=0)
+  flags.DEFINE_integer("pgd_steps", 7, "PGD steps.", lower_bound=1)
+  flags.DEFINE_bool("rand_init", True, "PGD starts from a uniform random "
+                    "point in the eps-ball.")
+  flags.DEFINE_bool("attack_true_labels", False, "Attack the true labels "
+                    "instead of the model's predictions (label leaking).")
+  flags.DEFINE_float("clean_weight", 0.5, "Weight of CE on clean images.",
+                     lower_bound=0)
+  flags.DEFINE_float("adv_weight", 0.5, "Weight of CE on PGD images.",
+                     lower_bound=0)
+  flags.DEFINE_integer("adv_delay_epochs", -1, "Epochs of clean training before "
+                       "PGD starts; -1 scales the paper's 5 of 160 to --epochs.",
+                       lower_bound=-1)
+  # Regularisation.
+  flags.DEFINE_float("lambda_l1", 5e-6, "Lasso strength on conv/dense kernels.",
+                     lower_bound=0)
+  flags.DEFINE_float("lambda_group", 0.0, "Group lasso strength over output "
+                     "filters.", lower_bound=0)
+  flags.DEFINE_float("weight_decay", 3e-4, "L2 weight decay on kernels only.",
+                     lower_bound=0)
+  # Optimisation.
+  flags.DEFINE_float("lr", 0.1, "SGD (Nesterov) learning rate.", lower_bound=0)
+  flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0,
+                     upper_bound=0.999)
+  flags.DEFINE_integer("epochs", 160, "Training epochs before fine-tuning.",
+                       lower_bound=1)
+  flags.DEFINE_list("lr_milestones", ["0.5", "0.75"], "Fractions of --epochs at "
+                    "which the learning rate is multiplied by --lr_gamma.")
+  flags.DEFINE_float("lr_gamma", 0.1, "Step-decay factor.", lower_bound=0)
+  flags.DEFINE_integer("finetune_epochs", 0, "Epochs at the target sparsity "
+                       "after pruning.", lower_bound=0)
+  flags.DEFINE_float("finetune_lr", 0.01, "Fine-tuning learning rate.",
+                     lower_bound=0)
+  # Pruning.
+  flags.DEFINE_enum("prune_schedule", "oneshot", list(config_lib.PRUNE_SCHEDULES),
+                    "oneshot: global magnitude threshold after training, then "
+                    "fine-tune (the paper); polynomial: tfmot's gradual "
+                    "schedule; none: dense.")
+  flags.DEFINE_float("target_sparsity", 0.85, "Fraction of conv/dense weights "
+                     "removed, in [0, 1).")
+  flags.DEFINE_integer("prune_begin_epoch", 0, "polynomial: first pruning epoch.",
+                       lower_bound=0)
+  flags.DEFINE_integer("prune_end_epoch", 0, "polynomial: epoch the target is "
+                       "reached (0: --epochs).", lower_bound=0)
+  flags.DEFINE_integer("prune_frequency", 100, "Mask updates every N training "
+                       "forward passes.", lower_bound=1)
+  # Run.
+  flags.DEFINE_string("output_dir", "runs/default", "Where model.keras, "
+                      "metrics.json, checkpoints and TensorBoard logs go.")
+  flags.DEFINE_integer("eval_noise_draws", 3, "Independent noisy passes per "
+                       "final accuracy.", lower_bound=1)
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+def config_from_flags():
+  """flags -> a frozen, validated TrainConfig."""
+  try:
+    milestones = tuple(float(m) for m in FLAGS.lr_milestones)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"--lr_milestones must be numbers, got {','.join(FLAGS.lr_milestones)}")
+  return config_lib.TrainConfig(
+      data=config_lib.DataConfig(
+          dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
+          embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
+          train_limit=FLAGS.train_limit, eval_limit=FLAGS.eval_limit,
+          batch_size=FLAGS.batch_size, augment=FLAGS.augment, seed=FLAGS.seed),
+      model=config_lib.ModelConfig(name=FLAGS.model, noise=FLAGS.noise,
+                                   alpha_init=FLAGS.alpha_init),
+      attack=config_lib.AttackConfig(eps=FLAGS.eps / 255,
+                                     step_size=FLAGS.eps_step / 255,
+                                     steps=FLAGS.pgd_steps,
+                                     rand_init=FLAGS.rand_init),
+      loss=config_lib.LossConfig(
+          adversarial=FLAGS.adversarial, clean_weight=FLAGS.clean_weight,
+          adv_weight=FLAGS.adv_weight, adv_delay_epochs=FLAGS.adv_delay_epochs,
+          attack_true_labels=FLAGS.attack_true_labels,
+          lambda_l1=FLAGS.lambda_l1, lambda_group=FLAGS.lambda_group,
+          weight_decay=FLAGS.weight_decay),
+      optimizer=config_lib.OptimizerConfig(
+          learning_rate=FLAGS.lr, momentum=FLAGS.momentum,
+          lr_milestones=milestones, lr_gamma=FLAGS.lr_gamma,
+          epochs=FLAGS.epochs, finetune_epochs=FLAGS.finetune_epochs,
+          finetune_lr=FLAGS.finetune_lr),
+      prune=config_lib.PruneConfig(
+          schedule=FLAGS.prune_schedule, target_sparsity=FLAGS.target_sparsity,
+          begin_epoch=FLAGS.prune_begin_epoch, end_epoch=FLAGS.prune_end_epoch,
+          frequency=FLAGS.prune_frequency),
+      output_dir=FLAGS.output_dir,
+      eval_noise_draws=FLAGS.eval_noise_draws,
+      seed=FLAGS.seed,
+  ).validate()
+
+
+def _fail(message):
+  print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl parsing, but a bad flag is one line and exit 2, not a usage dump."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+
+
+def _check_inputs(config):
+  """Cheap checks of paths, before anything heavy is loaded."""
+  folder = config.data.image_folder
+  if folder and not os.path.isdir(folder):
+    _fail(f"--image_folder {folder!r} does not exist or is not a directory")
+  from rsr_tf import outputs  # noqa: E402  (light: no TensorFlow import)
+  try:
+    outputs.check_writable(config.output_dir)
+  except OSError as e:
+    _fail(str(e))
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config = config_from_flags()
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+  _check_inputs(config)
+
+  from rsr_tf import data as data_lib  # noqa: E402  (heavy imports after checks)
+  from rsr_tf import experiment  # noqa: E402
+  try:
+    experiment.run(config)
+  except data_lib.DataError as e:
+    _fail(str(e))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=_parse_flags)
