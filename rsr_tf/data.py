@@ -236,12 +236,14 @@ def _decode_files(split_dir, split, files, limit):
   labels = np.array([label for _, label in files], dtype=np.int64)
   keep = balanced_subset(labels, limit)
   paths = [files[i][0] for i in keep]
-  print(f"decoding {len(paths)} {split} images from {split_dir} ...",
-        end="", file=sys.stderr, flush=True)
   start = time.perf_counter()
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
   ds = ds.map(lambda p: _to_uint8_rgb32(_decode_any(tf.io.read_file(p))),
               num_parallel_calls=tf.data.AUTOTUNE)
+  # Printed only once TensorFlow is up, so its start-up log lines do not land
+  # in the middle of this one.
+  print(f"decoding {len(paths)} {split} images from {split_dir} ...",
+        end="", file=sys.stderr, flush=True)
   images = _collect(ds)
   print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
   return Split(images=images, labels=labels[keep])

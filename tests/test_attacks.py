@@ -1,0 +1,67 @@
+"""PGD and FGSM stay inside the eps-ball and the pixel range, eager and traced."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import tiny_model
+from rsr_tf import attacks
+
+EPS = 8 / 255
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("attack", ["pgd", "fgsm"])
+def test_adversarial_examples_stay_within_eps_and_pixel_range(attack, graph):
+  model = tiny_model()
+  model_fn = attacks.inference_fn(model)
+  x = tf.concat([tf.zeros((2, 8, 8, 3)), tf.ones((2, 8, 8, 3)),
+                 tf.random.uniform((4, 8, 8, 3))], 0)
+  y = tf.constant([0, 1, 2, 0, 1, 2, 0, 1])
+
+  def make(x, y):
+    if attack == "pgd":
+      return attacks.pgd(model_fn, x, y, eps=EPS, step_size=2 / 255, steps=3)
+    return attacks.fgsm(model_fn, x, y, eps=EPS)
+
+  x_adv = (tf.function(make) if graph else make)(x, y).numpy()
+  assert np.max(np.abs(x_adv - x.numpy())) <= EPS + 1e-6
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  assert np.max(np.abs(x_adv - x.numpy())) > EPS / 2, "the attack moved"
+
+
+def test_eps_zero_returns_the_input():
+  model_fn = attacks.inference_fn(tiny_model())
+  x = tf.random.uniform((2, 8, 8, 3))
+  np.testing.assert_array_equal(attacks.pgd(model_fn, x, [0, 1], 0.0, 0.0, 3), x)
+  np.testing.assert_array_equal(attacks.fgsm(model_fn, x, [0, 1], 0.0), x)
+
+
+def test_bad_static_arguments_are_named():
+  model_fn = attacks.inference_fn(tiny_model())
+  x = tf.random.uniform((1, 8, 8, 3))
+  with pytest.raises(ValueError, match="eps must be a python float"):
+    attacks.pgd(model_fn, x, [0], eps=tf.constant(0.1), step_size=0.01, steps=1)
+  with pytest.raises(ValueError, match="step_size must be in"):
+    attacks.pgd(model_fn, x, [0], eps=0.01, step_size=0.02, steps=1)
+  with pytest.raises(ValueError, match="steps must be an int"):
+    attacks.pgd(model_fn, x, [0], eps=0.01, step_size=0.01, steps=0)
+
+
+def test_pixels_outside_unit_range_fail_in_graph():
+  model_fn = attacks.inference_fn(tiny_model())
+  run = tf.function(lambda x: attacks.fgsm(model_fn, x, [0], eps=0.01))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="above 1"):
+    run(tf.fill((1, 8, 8, 3), 2.0))
+
+
+def test_attack_calls_do_not_advance_the_pruning_step():
+  import tensorflow_model_optimization as tfmot
+  from rsr_tf import pruning
+  model = pruning.prune(tiny_model(), tfmot.sparsity.keras.ConstantSparsity(0.5, 1))
+  wrappers = [l for l in model.layers if hasattr(l, "pruning_step")]
+  for w in wrappers:
+    w.pruning_step.assign(0)
+  attacks.pgd(attacks.inference_fn(model), tf.random.uniform((2, 8, 8, 3)),
+              [0, 1], eps=EPS, step_size=EPS, steps=2)
+  assert all(int(w.pruning_step) == 0 for w in wrappers)
