@@ -13,6 +13,7 @@ from rsr_tf import evaluation
 from rsr_tf import layers as rsr_layers
 from rsr_tf import models
 from rsr_tf import outputs
+from rsr_tf import plotting
 from rsr_tf import pruning
 from rsr_tf import regularizers
 from rsr_tf import training
@@ -180,6 +181,11 @@ def run(config, argv=None):
   outputs.save_model_atomic(final, os.path.join(out, "model.keras"))
   outputs.write_text_atomic(os.path.join(out, "config.json"), config.to_json())
   outputs.write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+  plotting.training_curves(
+      history, os.path.join(out, "training_curves.png"),
+      finetune_from=opt.epochs + 1 if opt.finetune_epochs else None,
+      title=f"{config.model.name}, noise={config.model.noise}, "
+            f"{prune.schedule} pruning to {prune.target_sparsity:.0%}")
   print(summary_table(metrics, out))
   return metrics
 
@@ -203,6 +209,7 @@ def summary_table(metrics, output_dir):
   ]
   width = max(len(name) for name, _ in rows)
   lines = [f"{name:<{width}}  {value}" for name, value in rows]
-  lines.append(f"outputs: {output_dir}/model.keras, metrics.json, tensorboard/")
+  lines.append(f"outputs: {output_dir}/ model.keras, metrics.json, "
+               "training_curves.png, tensorboard/")
   rule = "-" * max(len(line) for line in lines)
   return "\n".join([rule] + lines + [rule])

@@ -122,7 +122,12 @@ def strip(model):
 
 
 def is_pruned(model):
-  return any(isinstance(layer, _sparsity.PruneLowMagnitude) for layer in model.layers)
+  """Whether any noisy layer of `model` sits in a pruning wrapper."""
+  # tfmot keeps PruneLowMagnitude out of its public API; the only wrappers
+  # this project puts around noisy layers are pruning wrappers.
+  return any(isinstance(layer, keras.layers.Wrapper)
+             and isinstance(layer.layer, rsr_layers.NOISY_LAYER_TYPES)
+             for layer in model.layers)
 
 
 def callbacks():

@@ -1,0 +1,31 @@
+# Quick start: `make demo` trains on the embedded sample; `make test` runs the suite.
+# Each target builds .venv from the pinned requirements first, when it is missing.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@echo "== setting up $(VENV) (first run: a few minutes) =="
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# RSR on the 2,000/500-image CIFAR-10 sample inside the package: offline, ~5 min on 2 cores.
+demo: $(STAMP)
+	$(PY) scripts/train.py --embedded_sample --model=resnet20 --noise=channel \
+	  --epochs=4 --adv_delay_epochs=1 --lr=0.05 --prune_schedule=oneshot \
+	  --target_sparsity=0.85 --finetune_epochs=1 --output_dir=runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs

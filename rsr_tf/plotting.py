@@ -1,0 +1,57 @@
+"""Figures a user would rather look at than read: training curves."""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless machines, CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save_atomic(figure, path):
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+  try:
+    figure.savefig(tmp, dpi=120, bbox_inches="tight", format=name.rsplit(".", 1)[-1])
+    os.replace(tmp, path)
+  finally:
+    plt.close(figure)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def training_curves(history, path, finetune_from=None, title=""):
+  """Accuracy (clean, adversarial, held-out), sparsity and mean alpha by epoch.
+
+  Args:
+    history: Keras history dict, epochs of every phase concatenated.
+    path: the .png to write.
+    finetune_from: 1-based epoch where fine-tuning at the target began.
+    title: figure title.
+  """
+  epochs = list(range(1, len(history.get("loss", [])) + 1))
+  figure, (acc_ax, sparse_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  for key, label in (("clean_accuracy", "train clean"),
+                     ("adv_accuracy", "train PGD"),
+                     ("val_clean_accuracy", "held-out clean")):
+    if key in history:
+      acc_ax.plot(epochs, [100 * v for v in history[key]], marker="o", label=label)
+  acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+  acc_ax.legend()
+  if "sparsity" in history:
+    sparse_ax.plot(epochs, [100 * v for v in history["sparsity"]], marker="o",
+                   color="tab:red", label="sparsity (%)")
+  sparse_ax.set(xlabel="epoch", ylabel="sparsity (%)", title="sparsity and noise")
+  if "mean_alpha" in history:
+    alpha_ax = sparse_ax.twinx()
+    alpha_ax.plot(epochs, history["mean_alpha"], marker="s", color="tab:purple",
+                  label="mean alpha")
+    alpha_ax.set_ylabel("mean alpha")
+    alpha_ax.legend(loc="lower right")
+  sparse_ax.legend(loc="upper left")
+  for ax in (acc_ax, sparse_ax):
+    if finetune_from:
+      ax.axvline(finetune_from - 0.5, color="grey", linestyle="--")
+    ax.grid(alpha=0.3)
+  figure.suptitle(title)
+  _save_atomic(figure, path)

@@ -1,0 +1,83 @@
+"""The RSR train_step: it learns, logs what it should, and honours its switches."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import colour_data, tiny_model
+from rsr_tf import config as config_lib
+from rsr_tf import layers as rsr_layers
+from rsr_tf import regularizers
+from rsr_tf import training
+
+
+def _dataset(n=96, batch=32):
+  images, labels = colour_data(n)
+  return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
+
+
+def _trainer(model, adversarial=True, **loss):
+  trainer = training.RSRTrainer(model, config_lib.AttackConfig(steps=3),
+                                config_lib.LossConfig(**loss),
+                                adversarial_active=adversarial)
+  trainer.compile(optimizer=training.sgd(0.05, 0.9))
+  return trainer
+
+
+def test_a_few_steps_reduce_the_loss():
+  penalty = regularizers.KernelPenalty(lambda_l1=1e-4, weight_decay=3e-4)
+  trainer = _trainer(tiny_model(kernel_regularizer=penalty))
+  history = trainer.fit(_dataset(), epochs=8, verbose=0).history
+  assert history["loss"][-1] < 0.8 * history["loss"][0]
+  assert history["clean_accuracy"][-1] > 0.6
+  assert history["penalty"][0] > 0
+
+
+def test_logs_carry_the_rsr_quantities():
+  trainer = _trainer(tiny_model(kernel_regularizer=regularizers.KernelPenalty(1e-4)))
+  logs = trainer.fit(_dataset(), epochs=1, verbose=0).history
+  for key in ("loss", "clean_loss", "adv_loss", "penalty", "clean_accuracy",
+              "adv_accuracy", "l1_norm", "sparsity", "mean_alpha"):
+    assert key in logs, key
+  kernels = [l.kernel.numpy() for l in rsr_layers.noisy_layers(trainer.backbone)]
+  assert logs["l1_norm"][0] == pytest.approx(
+      sum(np.abs(k).sum() for k in kernels), rel=0.05)
+  assert logs["mean_alpha"][0] == pytest.approx(0.25, abs=0.05)
+
+
+def test_alpha_moves_and_is_not_penalised():
+  model = tiny_model(kernel_regularizer=regularizers.KernelPenalty(1e-3, 1e-3, 1e-3))
+  assert len(model.losses) == 3, "one penalty per kernel, none on alpha"
+  trainer = _trainer(model)
+  trainer.fit(_dataset(), epochs=2, verbose=0)
+  alphas = np.concatenate([a.numpy().ravel() for a in rsr_layers.alphas(model)])
+  assert not np.allclose(alphas, 0.25)
+
+
+def test_clean_only_training_makes_no_adversarial_examples():
+  trainer = _trainer(tiny_model(), adversarial=False)
+  logs = trainer.fit(_dataset(), epochs=1, verbose=0).history
+  assert logs["adv_loss"] == [0.0] and logs["adv_accuracy"] == [0.0]
+  assert trainer.training_calls_per_step() == 1
+
+
+def test_adversarial_start_callback_switches_on_at_its_epoch():
+  trainer = _trainer(tiny_model(), adversarial=False)
+  logs = trainer.fit(_dataset(), epochs=2, verbose=0,
+                     callbacks=[training.AdversarialStart(1)]).history
+  assert logs["adv_loss"][0] == 0.0 and logs["adv_loss"][1] > 0.0
+  assert trainer.adversarial_active
+
+
+def test_step_decay_schedule():
+  schedule = training.step_decay(0.1, epochs=10, steps_per_epoch=5,
+                                 milestones=(0.5, 0.75), gamma=0.1)
+  assert float(schedule(0)) == pytest.approx(0.1)
+  assert float(schedule(26)) == pytest.approx(0.01)
+  assert float(schedule(41)) == pytest.approx(0.001)
+
+
+def test_test_step_reports_clean_accuracy():
+  trainer = _trainer(tiny_model())
+  result = trainer.evaluate(_dataset(), verbose=0, return_dict=True)
+  assert set(result) == {"clean_loss", "clean_accuracy"}
