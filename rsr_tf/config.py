@@ -189,10 +189,6 @@ class TrainConfig:
       _require(self.optimizer.finetune_epochs == 0,
                "--finetune_epochs needs a pruning schedule; "
                "--prune_schedule=none trains dense")
-    if self.prune.schedule == "oneshot":
-      _require(self.optimizer.finetune_epochs >= 1,
-               "--prune_schedule=oneshot needs --finetune_epochs >= 1 to "
-               "recover after pruning")
     return self
 
   def adversarial_start_epoch(self):

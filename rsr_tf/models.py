@@ -5,6 +5,7 @@ import numpy as np
 import tf_keras as keras
 
 from rsr_tf import layers as rsr_layers
+from rsr_tf import regularizers
 
 # Default per-channel statistics of CIFAR-10 in [0, 1]; callers usually pass
 # the statistics of their own training data instead.
@@ -141,7 +142,13 @@ def build(name, num_classes=10, noise="channel", alpha_init=0.25,
   return keras.Model(inputs, logits, name=name)
 
 
+# Everything a saved rsr_tf model may name; passed explicitly so loading does
+# not depend on which rsr_tf modules happen to be imported already.
+CUSTOM_OBJECTS = {**rsr_layers.CUSTOM_OBJECTS,
+                  "KernelPenalty": regularizers.KernelPenalty}
+
+
 def load(path):
   """Loads a saved `.keras` model with Keras safe mode on."""
-  return keras.models.load_model(path, custom_objects=rsr_layers.CUSTOM_OBJECTS,
+  return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS,
                                  safe_mode=True, compile=False)

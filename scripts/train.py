@@ -81,8 +81,9 @@ def define_flags():
   flags.DEFINE_list("lr_milestones", ["0.5", "0.75"], "Fractions of --epochs at "
                     "which the learning rate is multiplied by --lr_gamma.")
   flags.DEFINE_float("lr_gamma", 0.1, "Step-decay factor.", lower_bound=0)
-  flags.DEFINE_integer("finetune_epochs", 0, "Epochs at the target sparsity "
-                       "after pruning.", lower_bound=0)
+  flags.DEFINE_integer("finetune_epochs", -1, "Epochs at the target sparsity "
+                       "after pruning; -1: an eighth of --epochs (20 of 160) "
+                       "when pruning, 0 when dense.", lower_bound=-1)
   flags.DEFINE_float("finetune_lr", 0.01, "Fine-tuning learning rate.",
                      lower_bound=0)
   # Pruning.
@@ -107,7 +108,11 @@ def define_flags():
 
 
 def config_from_flags():
-  """flags -> a frozen, validated TrainConfig."""
+  """flags -> a frozen, validated TrainConfig, with 'auto' values resolved."""
+  finetune_epochs = FLAGS.finetune_epochs
+  if finetune_epochs < 0:
+    finetune_epochs = (0 if FLAGS.prune_schedule == "none"
+                       else max(1, FLAGS.epochs // 8))
   try:
     milestones = tuple(float(m) for m in FLAGS.lr_milestones)
   except ValueError:
@@ -134,7 +139,7 @@ def config_from_flags():
       optimizer=config_lib.OptimizerConfig(
           learning_rate=FLAGS.lr, momentum=FLAGS.momentum,
           lr_milestones=milestones, lr_gamma=FLAGS.lr_gamma,
-          epochs=FLAGS.epochs, finetune_epochs=FLAGS.finetune_epochs,
+          epochs=FLAGS.epochs, finetune_epochs=finetune_epochs,
           finetune_lr=FLAGS.finetune_lr),
       prune=config_lib.PruneConfig(
           schedule=FLAGS.prune_schedule, target_sparsity=FLAGS.target_sparsity,

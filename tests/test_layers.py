@@ -1,14 +1,20 @@
 """PNI-W layers: noise statistics, gradients, the on/off switch, pruning, saving."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-import tf_keras as keras
 
+from helpers import tiny_model
 from rsr_tf import layers as rsr_layers
 from rsr_tf import models
-from helpers import tiny_model
+from rsr_tf import regularizers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _dense(noise="channel", alpha_init=0.25, scale=1.0, units=200, inputs=300):
@@ -113,7 +119,8 @@ def test_config_round_trip(cls):
 
 
 def test_keras_file_round_trip_in_safe_mode(tmp_path):
-  model = models.build("resnet20", noise="channel")
+  model = models.build("resnet20", noise="channel",
+                       kernel_regularizer=regularizers.KernelPenalty(1e-5, 0, 3e-4))
   model.layers[2].alpha.assign(tf.fill(model.layers[2].alpha.shape, 0.4))
   path = str(tmp_path / "m.keras")
   model.save(path)
@@ -121,6 +128,7 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path):
   for a, b in zip(model.get_weights(), loaded.get_weights()):
     np.testing.assert_array_equal(a, b)
   assert loaded.layers[2].noise == "channel" and loaded.layers[2].noise_enabled
+  assert float(tf.add_n(loaded.losses)) == pytest.approx(float(tf.add_n(model.losses)))
   rsr_layers.set_noise_enabled(model, False)
   rsr_layers.set_noise_enabled(loaded, False)
   x = tf.random.uniform((2, 32, 32, 3))
@@ -136,3 +144,14 @@ def test_channel_pad_shortcut():
   assert np.all(y[..., :2] == 0) and np.all(y[..., 6:] == 0)
   clone = rsr_layers.ChannelPadShortcut.from_config(layer.get_config())
   assert (clone.filters, clone.stride) == (8, 2)
+
+
+def test_a_fresh_process_loads_a_saved_model(tmp_path):
+  """Only `rsr_tf.models` imported: custom objects must not depend on luck."""
+  path = str(tmp_path / "m.keras")
+  models.build("resnet20", kernel_regularizer=regularizers.KernelPenalty(1e-5)).save(path)
+  code = ("import sys; from rsr_tf import models; m = models.load(sys.argv[1]); "
+          "assert len(m.losses) == 20, m.losses; print('ok')")
+  result = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code,
+                           path], capture_output=True, text=True, cwd=ROOT)
+  assert result.stdout.strip() == "ok", result.stderr[-2000:]
