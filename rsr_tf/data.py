@@ -9,6 +9,7 @@ import time
 from typing import Optional
 
 import numpy as np
+from absl import logging as absl_logging
 import tensorflow as tf
 
 IMAGE_SIZE = 32
@@ -333,13 +334,20 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_limit: int = 0,
   # Imported here: it takes seconds and only this source needs it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  # tfds warns about a missing variant folder while probing; the one-line
+  # error below says the same thing more usefully.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
+    prepared = builder.is_prepared()
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DataError(f"unknown tfds dataset {name!r}; pass a tfds name such as "
                     f"cifar10 or --image_folder=DIR") from e
+  finally:
+    absl_logging.set_verbosity(verbosity)
   where = data_dir or "the default tfds data_dir"
-  if not builder.is_prepared():
+  if not prepared:
     # Offline, tfds would retry the download for minutes before failing.
     if not _download_host_reachable():
       raise DataError(

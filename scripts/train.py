@@ -19,6 +19,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from rsr_tf import config as config_lib  # noqa: E402
+from scripts import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -151,48 +152,36 @@ def config_from_flags():
   ).validate()
 
 
-def _fail(message):
-  print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags(argv):
-  """absl parsing, but a bad flag is one line and exit 2, not a usage dump."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-
-
 def _check_inputs(config):
   """Cheap checks of paths, before anything heavy is loaded."""
   folder = config.data.image_folder
   if folder and not os.path.isdir(folder):
-    _fail(f"--image_folder {folder!r} does not exist or is not a directory")
+    _cli.fail(f"--image_folder {folder!r} does not exist or is not a directory")
   from rsr_tf import outputs  # noqa: E402  (light: no TensorFlow import)
   try:
     outputs.check_writable(config.output_dir)
   except OSError as e:
-    _fail(str(e))
+    _cli.fail(str(e))
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    _cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     config = config_from_flags()
   except config_lib.ConfigError as e:
-    _fail(str(e))
+    _cli.fail(str(e))
   _check_inputs(config)
 
-  from rsr_tf import data as data_lib  # noqa: E402  (heavy imports after checks)
+  _cli.quiet_tensorflow_startup()  # heavy imports only after the checks
+  from rsr_tf import data as data_lib  # noqa: E402
   from rsr_tf import experiment  # noqa: E402
   try:
     experiment.run(config)
   except data_lib.DataError as e:
-    _fail(str(e))
+    _cli.fail(str(e))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=_cli.parse_flags)
