@@ -21,8 +21,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # RSR on the 2,000/500-image CIFAR-10 sample inside the package: offline, ~5 min on 2 cores.
 demo: $(STAMP)
 	$(PY) scripts/train.py --embedded_sample --model=resnet20 --noise=channel \
-	  --epochs=4 --adv_delay_epochs=1 --lr=0.05 --prune_schedule=oneshot \
-	  --target_sparsity=0.85 --finetune_epochs=1 --output_dir=runs/demo
+	  --epochs=6 --adv_delay_epochs=1 --lr=0.05 --prune_schedule=oneshot \
+	  --target_sparsity=0.85 --finetune_epochs=2 --output_dir=runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

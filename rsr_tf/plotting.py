@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless machines, CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 
 def _save_atomic(figure, path):
@@ -31,11 +32,15 @@ def training_curves(history, path, finetune_from=None, title=""):
   """
   epochs = list(range(1, len(history.get("loss", [])) + 1))
   figure, (acc_ax, sparse_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  # Before adversarial training starts there is no PGD accuracy to draw.
+  adversarial = [loss > 0 for loss in history.get("adv_loss", [])]
   for key, label in (("clean_accuracy", "train clean"),
                      ("adv_accuracy", "train PGD"),
                      ("val_clean_accuracy", "held-out clean")):
     if key in history:
-      acc_ax.plot(epochs, [100 * v for v in history[key]], marker="o", label=label)
+      values = [100 * v if (key != "adv_accuracy" or adversarial[i]) else float("nan")
+                for i, v in enumerate(history[key])]
+      acc_ax.plot(epochs, values, marker="o", label=label)
   acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
   acc_ax.legend()
   if "sparsity" in history:
@@ -50,6 +55,7 @@ def training_curves(history, path, finetune_from=None, title=""):
     alpha_ax.legend(loc="lower right")
   sparse_ax.legend(loc="upper left")
   for ax in (acc_ax, sparse_ax):
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     if finetune_from:
       ax.axvline(finetune_from - 0.5, color="grey", linestyle="--")
     ax.grid(alpha=0.3)

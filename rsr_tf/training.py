@@ -182,10 +182,8 @@ class Throughput(keras.callbacks.Callback):
     if logs is not None:
       logs["images_per_second"] = self.images_per_epoch / self.epoch_seconds[-1]
 
-  def images_per_second(self):
-    """Steady-state rate: the first epoch (tracing) is left out when possible."""
-    seconds = self.epoch_seconds[1:] or self.epoch_seconds
-    return self.images_per_epoch * len(seconds) / sum(seconds) if seconds else 0.0
+  def per_epoch(self):
+    return [self.images_per_epoch / s for s in self.epoch_seconds]
 
 
 class Checkpoint(keras.callbacks.Callback):
