@@ -205,3 +205,52 @@ class TrainConfig:
 
   def to_json(self):
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+EVAL_ATTACKS = ("clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd",
+                "apgd_ce", "apgd_dlr", "transfer", "spsa", "eps_sweep")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """The robustness evaluation of scripts/evaluate.py; eps values in [0, 1].
+
+  Defaults are sized for a 2-core CPU; AutoAttack's own "rand" version uses
+  100 APGD steps with 20 EOT draws (`apgd_steps=100, apgd_eot_samples=20`).
+  """
+  attacks: tuple = EVAL_ATTACKS
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  steps: int = 7
+  strong_steps: int = 20
+  restarts: int = 1
+  noise_draws: int = 5
+  eot_samples: int = 10
+  apgd_steps: int = 20
+  apgd_eot_samples: int = 5
+  apgd_restarts: int = 1
+  spsa_steps: int = 20
+  spsa_samples: int = 64
+  blackbox_limit: int = 50
+  eps_sweep: tuple = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+  batch_size: int = 128
+  seed: int = 0
+
+  def validate(self):
+    unknown = [a for a in self.attacks if a not in EVAL_ATTACKS]
+    _require(not unknown, f"--attacks has unknown names {unknown}; known: "
+             f"{', '.join(EVAL_ATTACKS)}")
+    _require(0 < self.eps <= 1, f"--eps must be in (0, 255]/255, got "
+             f"{self.eps * 255:g}/255")
+    _require(0 < self.step_size <= self.eps,
+             f"--eps_step must be in (0, --eps], got {self.step_size * 255:g}/255")
+    for name in ("steps", "strong_steps", "restarts", "noise_draws",
+                 "eot_samples", "apgd_steps", "apgd_eot_samples",
+                 "apgd_restarts", "spsa_steps", "blackbox_limit", "batch_size"):
+      value = getattr(self, name)
+      _require(value >= 1, f"--{name} must be >= 1, got {value}")
+    _require(self.spsa_samples >= 2 and self.spsa_samples % 2 == 0,
+             f"--spsa_samples must be an even number >= 2, got {self.spsa_samples}")
+    _require(all(0 <= e <= 1 for e in self.eps_sweep),
+             "--eps_sweep values must be in [0, 255] (/255)")
+    return self

@@ -1,56 +1,415 @@
-"""Accuracy of a (noisy) model on held-out data, clean and under attack."""
+"""Robustness evaluation of noisy models: attack suite, noise draws, sanity checks."""
 
+import dataclasses
+import math
+import os
 import sys
 import time
+from typing import Callable, Optional
 
 import rsr_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from rsr_tf import attacks
 
+STRONG_EPS = 64 / 255  # where PGD must bring any model to (almost) zero
 
-def _correct(labels, logits):
-  return tf.reduce_sum(tf.cast(
-      tf.equal(tf.argmax(logits, -1), tf.cast(labels, tf.int64)), tf.int64))
+
+@dataclasses.dataclass
+class Classifier:
+  """What the evaluation needs to know about a model.
+
+  Attributes:
+    name: shown in reports (usually the path).
+    logits_fn: images in [0, 1] -> logits. Stochastic models draw new noise
+      on every call. For white-box attacks it must be a TensorFlow function
+      of its input.
+    differentiable: whether gradients of `logits_fn` can be taken.
+    num_classes: width of the logits.
+  """
+  name: str
+  logits_fn: Callable
+  differentiable: bool
+  num_classes: int
+
+
+def from_keras(model, name=None):
+  """A Classifier over a Keras model in inference mode, noise on as deployed."""
+  return Classifier(name or model.name, attacks.inference_fn(model), True,
+                    int(model.output_shape[-1]))
+
+
+def _saved_model_fn(path):
+  """The serving signature of a SavedModel as a differentiable function."""
+  loaded = tf.saved_model.load(path)
+  if "serving_default" not in loaded.signatures:
+    raise ValueError(f"SavedModel {path} has no serving_default signature")
+  signature = loaded.signatures["serving_default"]
+  (input_name,) = signature.structured_input_signature[1].keys()
+  output_name = next(iter(signature.structured_outputs))
+
+  def logits(x):
+    return signature(**{input_name: tf.convert_to_tensor(x, tf.float32)})[output_name]
+
+  logits.loaded = loaded  # keeps the variables alive
+  return logits
+
+
+def load_classifier(path):
+  """Loads a `.keras` file, a SavedModel directory or a `.tflite` file.
+
+  Raises:
+    ValueError: one line saying what `path` is and what was expected.
+  """
+  from rsr_tf import models  # noqa: E402
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+      raise ValueError(f"{path} is a directory without saved_model.pb; expected a "
+                       ".keras file, a SavedModel directory or a .tflite file")
+    serve = _saved_model_fn(path)
+    probe = serve(tf.zeros((1, 32, 32, 3)))
+    return Classifier(path, serve, True, int(probe.shape[-1]))
+  if not os.path.isfile(path):
+    raise ValueError(f"model file {path} does not exist")
+  if path.endswith(".keras"):
+    try:
+      return from_keras(models.load(path), name=path)
+    except Exception as e:  # Keras raises many types for a bad archive
+      raise ValueError(f"{path} is not a loadable .keras model: "
+                       f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+  if path.endswith(".tflite"):
+    from rsr_tf import export  # noqa: E402  (conversion code; heavy only on use)
+    predict = export.load_classifier(path)
+    probe = predict(np.zeros((1, 32, 32, 3), np.float32))
+    return Classifier(path, lambda x: tf.constant(predict(np.asarray(x, np.float32))),
+                      False, int(probe.shape[-1]))
+  raise ValueError(f"{path}: unknown model format; expected a .keras file, a "
+                   "SavedModel directory or a .tflite file")
+
+
+def _batches(n, batch_size):
+  return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def _summary(correct):
+  """correct: bool [draws, examples] -> accuracy mean/std over draws."""
+  per_draw = correct.mean(axis=1)
+  return {"mean": float(per_draw.mean()), "std": float(per_draw.std()),
+          "per_draw": [float(a) for a in per_draw],
+          "examples": int(correct.shape[1]), "draws": int(correct.shape[0])}
+
+
+class _Progress:
+  """One Keras progress bar per attack, counting batches over all draws."""
+
+  def __init__(self, label, total):
+    print(label, file=sys.stderr, flush=True)
+    self._bar = keras.utils.Progbar(total, stateful_metrics=["accuracy"],
+                                    verbose=2 if os.environ.get("CI") else 1)
+
+  def update(self, accuracy):
+    self._bar.add(1, values=[("accuracy", accuracy)])
+
+
+def _measure(target, x, y, draws, label, craft=None, crafted=None,
+             batch_size=128):
+  """Per-example correctness of `target` over `draws` noisy passes.
+
+  Exactly one of `craft` (a function x, y -> x_adv, run again in every draw
+  so each draw is a fresh attack) and `crafted` (fixed adversarial images,
+  each draw is a fresh noisy look at them) may be given; neither is clean.
+  """
+  n = len(y)
+  slices = _batches(n, batch_size)
+  correct = np.zeros((draws, n), bool)
+  progress = _Progress(label, draws * len(slices))
+  for draw in range(draws):
+    hits = 0
+    for s in slices:
+      images = x[s]
+      if crafted is not None:
+        images = crafted[s]
+      elif craft is not None:
+        images = craft(tf.constant(images), tf.constant(y[s]))
+      logits = np.asarray(target.logits_fn(tf.constant(images)))
+      correct[draw, s] = logits.argmax(-1) == y[s]
+      hits += int(correct[draw, s].sum())
+      progress.update(hits / s.stop)
+  return correct
+
+
+def _craft_all(craft, x, y, batch_size, label):
+  """Adversarial images for the whole set, made once."""
+  out = np.empty_like(x)
+  slices = _batches(len(y), batch_size)
+  progress = _Progress(label, len(slices))
+  for s in slices:
+    out[s] = np.asarray(craft(tf.constant(x[s]), tf.constant(y[s])))
+    progress.update(0.0)
+  return out
+
+
+def _compiled(fn):
+  return tf.function(fn, reduce_retracing=True)
+
+
+def _entry(correct, *, kind, eps, steps=None, restarts=None, eot_samples=None,
+           crafted, seconds, **extra):
+  return {**_summary(correct), "kind": kind, "eps": eps,
+          "eps_255": round(eps * 255, 3), "steps": steps, "restarts": restarts,
+          "eot_samples": eot_samples, "crafted": crafted,
+          "seconds": round(seconds, 1), **extra}
+
+
+def _pgd_craft(model_fn, eps, step_size, steps, restarts):
+  """PGD with `restarts` random starts, keeping per example the worst one.
+
+  "Worst" is judged by the model's own loss on one noisy pass, as an attacker
+  with query access would; the reported accuracy comes from fresh passes.
+  """
+  def craft(x, y):
+    best = attacks.pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=steps)
+    if restarts == 1:
+      return best
+    best_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.cast(y, tf.int64), model_fn(best))
+    for _ in range(restarts - 1):
+      candidate = attacks.pgd(model_fn, x, y, eps=eps, step_size=step_size,
+                              steps=steps)
+      loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+          tf.cast(y, tf.int64), model_fn(candidate))
+      better = loss > best_loss
+      best = tf.where(better[:, None, None, None], candidate, best)
+      best_loss = tf.where(better, loss, best_loss)
+    return best
+  return _compiled(craft)
+
+
+def run_suite(target, x, y, config, source=None):
+  """Runs every attack in `config.attacks` that applies to `target`.
+
+  Args:
+    target: the `Classifier` under evaluation.
+    x: float32 images in [0, 1], [N, 32, 32, 3].
+    y: int64 labels [N].
+    config: `config.EvalConfig`.
+    source: optional differentiable `Classifier` for transfer attacks.
+
+  Returns:
+    {"results": {attack: entry}, "skipped": {attack: reason},
+     "eps_sweep": [entry, ...], "stochastic": bool}. Every entry holds the
+    accuracy mean/std over `config.noise_draws` passes and its settings.
+  """
+  tf.random.set_seed(config.seed)
+  c, draws, bs = config, config.noise_draws, config.batch_size
+  wanted = set(c.attacks)
+  results, skipped, sweep = {}, {}, []
+  correct_of = {}
+
+  def record(name, correct, **info):
+    correct_of[name] = correct
+    results[name] = _entry(correct, **info)
+
+  probe = x[:min(8, len(x))]
+  stochastic = not np.array_equal(np.asarray(target.logits_fn(tf.constant(probe))),
+                                  np.asarray(target.logits_fn(tf.constant(probe))))
+  model_fn = target.logits_fn
+  start = time.perf_counter()
+  record("clean", _measure(target, x, y, draws, "clean", batch_size=bs),
+         kind="clean", eps=0.0, crafted="none", seconds=time.perf_counter() - start)
+
+  white_box = ("fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
+               "apgd_dlr", "eps_sweep")
+  if not target.differentiable:
+    for name in wanted.intersection(white_box):
+      skipped[name] = (f"{target.name} is not differentiable; white-box attacks "
+                       "need a .keras or SavedModel twin (see transfer)")
+    wanted -= set(white_box)
+
+  def timed(name, label, craft, subset=None, **info):
+    n = subset or len(y)
+    xs, ys = x[:n], y[:n]
+    t0 = time.perf_counter()
+    crafted = None
+    if info["crafted"] == "once":
+      crafted = _craft_all(craft, xs, ys, bs, f"{label}: crafting")
+      craft = None
+    correct = _measure(target, xs, ys, draws, label, craft=craft,
+                       crafted=crafted, batch_size=bs)
+    record(name, correct, seconds=time.perf_counter() - t0, **info)
+
+  eps, step = c.eps, c.step_size
+  if "fgsm" in wanted:
+    timed("fgsm", "FGSM", craft=_compiled(
+        lambda a, b: attacks.fgsm(model_fn, a, b, eps=eps)),
+          kind="white-box", eps=eps, steps=1, crafted="per draw")
+  if "pgd" in wanted or "eps_sweep" in wanted:
+    timed("pgd", f"PGD-{c.steps}", craft=_pgd_craft(model_fn, eps, step, c.steps,
+                                                    c.restarts),
+          kind="white-box", eps=eps, steps=c.steps, restarts=c.restarts,
+          crafted="per draw")
+  if "pgd_strong" in wanted:
+    timed("pgd_strong", f"PGD-{c.strong_steps}",
+          craft=_pgd_craft(model_fn, eps, step, c.strong_steps, c.restarts),
+          kind="white-box", eps=eps, steps=c.strong_steps, restarts=c.restarts,
+          crafted="per draw")
+  if "mim" in wanted:
+    timed("mim", f"MIM-{c.steps}", craft=_compiled(
+        lambda a, b: attacks.mim(model_fn, a, b, eps=eps, step_size=step,
+                                 steps=c.steps)),
+          kind="white-box", eps=eps, steps=c.steps, crafted="per draw")
+  if "eot_pgd" in wanted:
+    timed("eot_pgd", f"EOT-PGD-{c.steps} x{c.eot_samples}", craft=_compiled(
+        lambda a, b: attacks.eot_pgd(model_fn, a, b, eps=eps, step_size=step,
+                                     steps=c.steps, eot_samples=c.eot_samples)),
+          kind="white-box", eps=eps, steps=c.steps, eot_samples=c.eot_samples,
+          crafted="once")
+  for loss in ("ce", "dlr"):
+    name = f"apgd_{loss}"
+    if name in wanted:
+      timed(name, f"APGD-{loss.upper()} (EOT x{c.apgd_eot_samples})",
+            craft=lambda a, b, loss=loss: attacks.apgd(
+                model_fn, a.numpy(), b.numpy(), eps=eps, loss=loss,
+                steps=c.apgd_steps, eot_samples=c.apgd_eot_samples,
+                restarts=c.apgd_restarts, num_classes=target.num_classes,
+                batch_size=bs),
+            kind="white-box", eps=eps, steps=c.apgd_steps,
+            restarts=c.apgd_restarts, eot_samples=c.apgd_eot_samples,
+            crafted="once", library="adversarial-robustness-toolbox")
+  if "transfer" in wanted:
+    if source is None:
+      skipped["transfer"] = "no --source_model given"
+    elif not source.differentiable:
+      skipped["transfer"] = f"source {source.name} is not differentiable"
+    else:
+      timed("transfer", f"transfer PGD-{c.steps} from {source.name}",
+            craft=_pgd_craft(source.logits_fn, eps, step, c.steps, 1),
+            kind="black-box (transfer)", eps=eps, steps=c.steps,
+            crafted="once", source=source.name)
+  if "spsa" in wanted:
+    spsa_fn = model_fn if not target.differentiable else _compiled(model_fn)
+    timed("spsa", f"SPSA-{c.spsa_steps} on {min(c.blackbox_limit, len(y))} images",
+          craft=lambda a, b: attacks.spsa(spsa_fn, a, b, eps=eps, steps=c.spsa_steps,
+                                          samples=c.spsa_samples),
+          kind="black-box (query)", eps=eps, steps=c.spsa_steps, crafted="once",
+          subset=min(c.blackbox_limit, len(y)), spsa_samples=c.spsa_samples)
+    if "pgd" in correct_of:
+      # Same images as SPSA, for the black-box >= white-box check.
+      n = results["spsa"]["examples"]
+      results["pgd"]["on_blackbox_subset"] = _summary(correct_of["pgd"][:, :n])
+
+  if "eps_sweep" in wanted:
+    points = sorted(set(c.eps_sweep) | {STRONG_EPS})
+    for point in points:
+      if math.isclose(point, eps) and "pgd" in correct_of:
+        sweep.append({**results["pgd"], "eps": point})
+        continue
+      t0 = time.perf_counter()
+      correct = _measure(target, x, y, draws, f"PGD-{c.steps} at eps "
+                         f"{point * 255:g}/255", craft=_pgd_craft(
+                             model_fn, point, min(step, point), c.steps, 1),
+                         batch_size=bs)
+      sweep.append(_entry(correct, kind="white-box", eps=point, steps=c.steps,
+                          restarts=1, crafted="per draw",
+                          seconds=time.perf_counter() - t0))
+  if "pgd" not in c.attacks and "pgd" in results:
+    del results["pgd"]  # only run to anchor the sweep
+  return {"results": results, "skipped": skipped, "eps_sweep": sweep,
+          "stochastic": bool(stochastic)}
+
+
+def _tolerance(a, b):
+  """Allowed gap between two accuracies: the noise spread plus one example."""
+  return 2 * math.hypot(a["std"], b["std"]) + 1 / min(a["examples"], b["examples"])
+
+
+def sanity_checks(suite):
+  """Carlini et al. (2019) checks; each is PASS, FAIL or SKIPPED with a reason.
+
+  Returns:
+    A list of {"check", "status", "detail"} dicts.
+  """
+  r = suite["results"]
+  sweep = suite["eps_sweep"]
+  checks = []
+
+  def add(check, needed, ok_fn, detail_fn):
+    missing = [n for n in needed if n not in r and n != "sweep"]
+    if missing or ("sweep" in needed and not sweep):
+      checks.append({"check": check, "status": "SKIPPED",
+                     "detail": f"not run: {', '.join(missing) or 'eps_sweep'}"})
+      return
+    ok = ok_fn()
+    checks.append({"check": check, "status": "PASS" if ok else "FAIL",
+                   "detail": detail_fn()})
+
+  def pct(entry):
+    return f"{100 * entry['mean']:.2f}% ± {100 * entry['std']:.2f}"
+
+  def at(eps):
+    return next((p for p in sweep if math.isclose(p["eps"], eps)), None)
+
+  zero = at(0.0)
+  add("eps = 0 reproduces clean accuracy", ["clean", "sweep"],
+      lambda: zero is not None and abs(zero["mean"] - r["clean"]["mean"])
+      <= _tolerance(zero, r["clean"]),
+      lambda: "eps 0 not in the sweep" if zero is None else
+      f"eps 0: {pct(zero)} vs clean {pct(r['clean'])}")
+  add("accuracy does not rise as eps grows", ["sweep"],
+      lambda: all(b["mean"] <= a["mean"] + _tolerance(a, b)
+                  for a, b in zip(sweep, sweep[1:])),
+      lambda: ", ".join(f"{p['eps'] * 255:g}/255: {100 * p['mean']:.1f}%"
+                        for p in sweep))
+  strong = at(STRONG_EPS)
+  add("PGD at eps 64/255 brings accuracy to <= 5%", ["sweep"],
+      lambda: strong is not None and strong["mean"] <= 0.05,
+      lambda: f"{pct(strong)}" if strong else "64/255 not run")
+  add("more PGD steps never help the model (PGD-strong <= PGD)",
+      ["pgd", "pgd_strong"],
+      lambda: r["pgd_strong"]["mean"] <= r["pgd"]["mean"] + _tolerance(
+          r["pgd"], r["pgd_strong"]),
+      lambda: f"PGD-{r['pgd_strong']['steps']} {pct(r['pgd_strong'])} vs "
+      f"PGD-{r['pgd']['steps']} {pct(r['pgd'])}")
+  add("iterative beats single-step (PGD <= FGSM)", ["pgd", "fgsm"],
+      lambda: r["pgd"]["mean"] <= r["fgsm"]["mean"] + _tolerance(r["pgd"], r["fgsm"]),
+      lambda: f"PGD {pct(r['pgd'])} vs FGSM {pct(r['fgsm'])}")
+  add("black-box transfer is weaker than white-box (transfer >= PGD)",
+      ["transfer", "pgd"],
+      lambda: r["transfer"]["mean"] >= r["pgd"]["mean"] - _tolerance(
+          r["transfer"], r["pgd"]),
+      lambda: f"transfer {pct(r['transfer'])} vs PGD {pct(r['pgd'])}")
+  add("black-box queries are weaker than white-box (SPSA >= PGD, same images)",
+      ["spsa", "pgd"],
+      lambda: r["spsa"]["mean"] >= r["pgd"]["on_blackbox_subset"]["mean"]
+      - _tolerance(r["spsa"], r["pgd"]["on_blackbox_subset"]),
+      lambda: f"SPSA {pct(r['spsa'])} vs PGD on the same "
+      f"{r['spsa']['examples']} images {pct(r['pgd']['on_blackbox_subset'])}")
+  add("EOT does not help the model (EOT-PGD <= PGD)", ["eot_pgd", "pgd"],
+      lambda: r["eot_pgd"]["mean"] <= r["pgd"]["mean"] + _tolerance(
+          r["eot_pgd"], r["pgd"]),
+      lambda: f"EOT-PGD {pct(r['eot_pgd'])} vs PGD {pct(r['pgd'])}")
+  return checks
 
 
 def accuracy_over_draws(model, dataset, draws, attack=None, label=""):
-  """Accuracy over `draws` independent passes, each with fresh weight noise.
+  """Accuracy of a Keras `model` over `draws` fresh-noise passes of `dataset`.
 
   Args:
     model: maps [0, 1] images to logits; called with `training=False`.
     dataset: finite `tf.data.Dataset` of (images, labels).
     draws: number of passes; a noisy model differs between them.
     attack: None for clean accuracy, or a `config.AttackConfig` for L-inf PGD
-      against the true labels, made fresh in every pass against the noisy
-      model exactly as it is deployed.
-    label: name shown in the progress lines.
+      against the true labels, made fresh in every pass.
+    label: name shown in the progress bar.
 
   Returns:
-    {"mean", "std", "per_draw", "examples"}, accuracies in [0, 1].
+    {"mean", "std", "per_draw", "examples", "draws"}, accuracies in [0, 1].
   """
-  model_fn = attacks.inference_fn(model)
-
-  @tf.function
-  def correct(x, y):
-    if attack is not None:
-      x = attacks.pgd(model_fn, x, y, eps=attack.eps,
-                      step_size=attack.step_size, steps=attack.steps,
-                      rand_init=attack.rand_init)
-    return _correct(y, model_fn(x)), tf.shape(y, out_type=tf.int64)[0]
-
-  per_draw, examples = [], 0
-  for draw in range(draws):
-    start = time.perf_counter()
-    hits, examples = 0, 0
-    for x, y in dataset:
-      batch_hits, batch_size = correct(x, y)
-      hits += int(batch_hits)
-      examples += int(batch_size)
-    per_draw.append(hits / max(examples, 1))
-    print(f"  {label} draw {draw + 1}/{draws}: {per_draw[-1]:.4f} "
-          f"({examples} images, {time.perf_counter() - start:.1f}s)",
-          file=sys.stderr, flush=True)
-  return {"mean": float(np.mean(per_draw)), "std": float(np.std(per_draw)),
-          "per_draw": per_draw, "examples": examples}
+  x = np.concatenate([b[0].numpy() for b in dataset])
+  y = np.concatenate([b[1].numpy() for b in dataset])
+  target = from_keras(model)
+  craft = None if attack is None else _pgd_craft(
+      target.logits_fn, attack.eps, attack.step_size, attack.steps, 1)
+  return _summary(_measure(target, x, y, draws, label or "clean", craft=craft))

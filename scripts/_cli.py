@@ -5,6 +5,8 @@ import sys
 
 from absl import flags
 
+from rsr_tf import config as config_lib
+
 
 def fail(message):
   """Prints `<script>: error: message` and exits 2; nothing else is printed."""
@@ -38,3 +40,45 @@ def quiet_tensorflow_startup():
     os.dup2(saved, 2)
     os.close(devnull)
     os.close(saved)
+
+
+def define_data_flags(eval_limit=0):
+  """The data flags every script shares, so one data source means one spelling."""
+  flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
+  flags.DEFINE_string("image_folder", None,
+                      "Local copy laid out as DIR/train/<class>/, DIR/test/<class>/; "
+                      "used instead of tfds.")
+  flags.DEFINE_bool("embedded_sample", False,
+                    "Use the 2,000/500-image CIFAR-10 sample shipped in the "
+                    "package (offline).")
+  flags.DEFINE_string("data_dir", None, "tfds data_dir.")
+  flags.DEFINE_integer("train_limit", 0, "First N training examples, class-"
+                       "balanced (0: all).", lower_bound=0)
+  flags.DEFINE_integer("eval_limit", eval_limit, "First N eval examples, "
+                       "class-balanced (0: all).", lower_bound=0)
+  flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+  flags.DEFINE_bool("augment", True, "Pad-4 random crop and horizontal flip "
+                    "(training only).")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+def data_config_from_flags():
+  FLAGS = flags.FLAGS
+  return config_lib.DataConfig(
+      dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
+      embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
+      train_limit=FLAGS.train_limit, eval_limit=FLAGS.eval_limit,
+      batch_size=FLAGS.batch_size, augment=FLAGS.augment, seed=FLAGS.seed)
+
+
+def check_image_folder(folder):
+  if folder and not os.path.isdir(folder):
+    fail(f"--image_folder {folder!r} does not exist or is not a directory")
+
+
+def check_output_dir(directory):
+  from rsr_tf import outputs  # noqa: E402  (light: no TensorFlow import)
+  try:
+    outputs.check_writable(directory)
+  except OSError as e:
+    fail(str(e))

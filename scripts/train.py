@@ -26,21 +26,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Every flag of the training script, with its range."""
-  # Data.
-  flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
-  flags.DEFINE_string("image_folder", None,
-                      "Local copy laid out as DIR/train/<class>/, DIR/test/<class>/; "
-                      "used instead of tfds.")
-  flags.DEFINE_bool("embedded_sample", False,
-                    "Use the 2,000/500-image CIFAR-10 sample shipped in the "
-                    "package (offline).")
-  flags.DEFINE_string("data_dir", None, "tfds data_dir.")
-  flags.DEFINE_integer("train_limit", 0, "First N training examples, class-"
-                       "balanced (0: all).", lower_bound=0)
-  flags.DEFINE_integer("eval_limit", 0, "First N eval examples, class-balanced "
-                       "(0: all).", lower_bound=0)
-  flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-  flags.DEFINE_bool("augment", True, "Pad-4 random crop and horizontal flip.")
+  _cli.define_data_flags()
+  flags.adopt_module_key_flags(_cli)  # data flags show in --helpshort too
   # Model.
   flags.DEFINE_enum("model", "resnet20", list(config_lib.MODEL_NAMES), "Network.")
   flags.DEFINE_enum("noise", "channel", list(config_lib.NOISE_MODES),
@@ -105,7 +92,6 @@ def define_flags():
                       "metrics.json, checkpoints and TensorBoard logs go.")
   flags.DEFINE_integer("eval_noise_draws", 3, "Independent noisy passes per "
                        "final accuracy.", lower_bound=1)
-  flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
 def config_from_flags():
@@ -120,11 +106,7 @@ def config_from_flags():
     raise config_lib.ConfigError(
         f"--lr_milestones must be numbers, got {','.join(FLAGS.lr_milestones)}")
   return config_lib.TrainConfig(
-      data=config_lib.DataConfig(
-          dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
-          embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
-          train_limit=FLAGS.train_limit, eval_limit=FLAGS.eval_limit,
-          batch_size=FLAGS.batch_size, augment=FLAGS.augment, seed=FLAGS.seed),
+      data=_cli.data_config_from_flags(),
       model=config_lib.ModelConfig(name=FLAGS.model, noise=FLAGS.noise,
                                    alpha_init=FLAGS.alpha_init),
       attack=config_lib.AttackConfig(eps=FLAGS.eps / 255,
@@ -152,18 +134,6 @@ def config_from_flags():
   ).validate()
 
 
-def _check_inputs(config):
-  """Cheap checks of paths, before anything heavy is loaded."""
-  folder = config.data.image_folder
-  if folder and not os.path.isdir(folder):
-    _cli.fail(f"--image_folder {folder!r} does not exist or is not a directory")
-  from rsr_tf import outputs  # noqa: E402  (light: no TensorFlow import)
-  try:
-    outputs.check_writable(config.output_dir)
-  except OSError as e:
-    _cli.fail(str(e))
-
-
 def main(argv):
   if len(argv) > 1:
     _cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -171,7 +141,9 @@ def main(argv):
     config = config_from_flags()
   except config_lib.ConfigError as e:
     _cli.fail(str(e))
-  _check_inputs(config)
+  # Cheap checks of paths, before anything heavy is loaded.
+  _cli.check_image_folder(config.data.image_folder)
+  _cli.check_output_dir(config.output_dir)
 
   _cli.quiet_tensorflow_startup()  # heavy imports only after the checks
   from rsr_tf import data as data_lib  # noqa: E402

@@ -46,7 +46,8 @@ def test_bad_flags_give_one_clear_line(args, expected, tmp_path):
 
 def test_help_lists_the_flags():
   result = _run("--helpshort")  # absl exits 1 after printing help
-  for flag in ("--target_sparsity", "--prune_schedule", "--noise", "--eps"):
+  for flag in ("--target_sparsity", "--prune_schedule", "--noise", "--eps",
+               "--image_folder", "--train_limit"):
     assert flag in result.stdout
 
 
