@@ -35,10 +35,13 @@ class Classifier:
   num_classes: int
 
 
-def from_keras(model, name=None):
-  """A Classifier over a Keras model in inference mode, noise on as deployed."""
+def from_keras(model, name=None, num_classes=None):
+  """A Classifier over a Keras model in inference mode, noise on as deployed.
+
+  `num_classes` defaults to the width of a functional model's output.
+  """
   return Classifier(name or model.name, attacks.inference_fn(model), True,
-                    int(model.output_shape[-1]))
+                    num_classes or int(model.output_shape[-1]))
 
 
 def _saved_model_fn(path):
@@ -93,6 +96,16 @@ def _batches(n, batch_size):
   return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def _full_batch(fn, x, y, batch_size):
+  """Calls fn on a batch padded to `batch_size`, so a partial last batch does
+  not trace the attack's graph a second time; the padding is dropped."""
+  n = len(y)
+  if n == batch_size:
+    return np.asarray(fn(tf.constant(x), tf.constant(y)))
+  pad = np.arange(batch_size) % n
+  return np.asarray(fn(tf.constant(x[pad]), tf.constant(y[pad])))[:n]
+
+
 def _summary(correct):
   """correct: bool [draws, examples] -> accuracy mean/std over draws."""
   per_draw = correct.mean(axis=1)
@@ -132,7 +145,7 @@ def _measure(target, x, y, draws, label, craft=None, crafted=None,
       if crafted is not None:
         images = crafted[s]
       elif craft is not None:
-        images = craft(tf.constant(images), tf.constant(y[s]))
+        images = _full_batch(craft, images, y[s], min(batch_size, n))
       logits = np.asarray(target.logits_fn(tf.constant(images)))
       correct[draw, s] = logits.argmax(-1) == y[s]
       hits += int(correct[draw, s].sum())
@@ -146,7 +159,7 @@ def _craft_all(craft, x, y, batch_size, label):
   slices = _batches(len(y), batch_size)
   progress = _Progress(label, len(slices))
   for s in slices:
-    out[s] = np.asarray(craft(tf.constant(x[s]), tf.constant(y[s])))
+    out[s] = _full_batch(craft, x[s], y[s], min(batch_size, len(y)))
     progress.update(0.0)
   return out
 
@@ -307,12 +320,13 @@ def run_suite(target, x, y, config, source=None):
         sweep.append({**results["pgd"], "eps": point})
         continue
       t0 = time.perf_counter()
+      # The step scales with eps, so every point can reach its ball's edge.
       correct = _measure(target, x, y, draws, f"PGD-{c.steps} at eps "
                          f"{point * 255:g}/255", craft=_pgd_craft(
-                             model_fn, point, min(step, point), c.steps, 1),
+                             model_fn, point, point * step / eps, c.steps, 1),
                          batch_size=bs)
       sweep.append(_entry(correct, kind="white-box", eps=point, steps=c.steps,
-                          restarts=1, crafted="per draw",
+                          restarts=1, crafted="per draw", step_size=point * step / eps,
                           seconds=time.perf_counter() - t0))
   if "pgd" not in c.attacks and "pgd" in results:
     del results["pgd"]  # only run to anchor the sweep
@@ -413,3 +427,52 @@ def accuracy_over_draws(model, dataset, draws, attack=None, label=""):
   craft = None if attack is None else _pgd_craft(
       target.logits_fn, attack.eps, attack.step_size, attack.steps, 1)
   return _summary(_measure(target, x, y, draws, label or "clean", craft=craft))
+
+
+_ORDER = ("clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
+          "apgd_dlr", "transfer", "spsa")
+_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd": "PGD", "pgd_strong": "PGD",
+          "mim": "MIM", "eot_pgd": "EOT-PGD", "apgd_ce": "APGD-CE (EOT)",
+          "apgd_dlr": "APGD-DLR (EOT)", "transfer": "Transfer PGD",
+          "spsa": "SPSA"}
+
+
+def report_markdown(report):
+  """eval.json as tables laid out like the paper's: one row per attack."""
+  suite = report["suite"]
+  r = suite["results"]
+  lines = [f"# Robustness of `{report['model']['path']}`", "",
+           f"Data: {report['data']['source']}, {report['data']['eval_examples']} "
+           f"held-out images. Model is {'stochastic' if suite['stochastic'] else 'deterministic'}; "
+           f"every accuracy is mean ± std over {report['config']['noise_draws']} "
+           "independent noisy passes.", "",
+           "| attack | kind | eps | steps | restarts | EOT | crafted | images | accuracy (%) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name in _ORDER:
+    if name not in r:
+      continue
+    e = r[name]
+    label = _NAMES[name] + (f"-{e['steps']}" if name in ("pgd", "pgd_strong", "mim",
+                                                           "eot_pgd") else "")
+    dash = lambda v: "–" if v in (None, 0) else str(v)  # noqa: E731
+    lines.append(
+        f"| {label} | {e['kind']} | {e['eps_255']:g}/255 | {dash(e['steps'])} | "
+        f"{dash(e['restarts'])} | {dash(e['eot_samples'])} | {e['crafted']} | "
+        f"{e['examples']} | {100 * e['mean']:.2f} ± {100 * e['std']:.2f} |")
+  for name, reason in sorted(suite["skipped"].items()):
+    lines.append(f"| {_NAMES.get(name, name)} | skipped | | | | | | | {reason} |")
+  if suite["eps_sweep"]:
+    lines += ["", "## Accuracy against eps (PGD)", "",
+              "| eps | accuracy (%) |", "|---|---|"]
+    lines += [f"| {p['eps'] * 255:g}/255 | {100 * p['mean']:.2f} ± {100 * p['std']:.2f} |"
+              for p in suite["eps_sweep"]]
+    lines += ["", "![accuracy against eps](accuracy_vs_eps.png)"]
+  lines += ["", "## Sanity checks (Carlini et al. 2019)", "",
+            "| check | result | detail |", "|---|---|---|"]
+  lines += [f"| {c['check']} | **{c['status']}** | {c['detail']} |"
+            for c in report["sanity_checks"]]
+  p = report["provenance"]
+  lines += ["", "## Reproduce", "", f"    {p['command']}", "",
+            f"git commit {p['git_commit']}, {p['date']}; model sha256 "
+            f"{report['model']['sha256']}."]
+  return "\n".join(lines) + "\n"

@@ -82,3 +82,18 @@ def provenance(argv=None):
       "python": platform.python_version(),
       "tensorflow": tf.__version__,
   }
+
+
+def sha256_of(path):
+  """sha256 of a file, or of a directory's files (names and bytes, sorted)."""
+  import hashlib  # noqa: E402
+  digest = hashlib.sha256()
+  files = [path] if os.path.isfile(path) else sorted(
+      os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+  for name in files:
+    if os.path.isdir(path):
+      digest.update(os.path.relpath(name, path).encode())
+    with open(name, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return digest.hexdigest()

@@ -61,3 +61,30 @@ def training_curves(history, path, finetune_from=None, title=""):
     ax.grid(alpha=0.3)
   figure.suptitle(title)
   _save_atomic(figure, path)
+
+
+def accuracy_vs_eps(sweep, path, clean=None, title=""):
+  """PGD accuracy against eps (in /255), with the spread over noise draws.
+
+  Args:
+    sweep: entries with "eps", "mean", "std" (accuracies in [0, 1]).
+    path: the .png to write.
+    clean: optional clean-accuracy entry drawn as a reference line.
+    title: figure title.
+  """
+  figure, ax = plt.subplots(figsize=(6, 4))
+  eps = [p["eps"] * 255 for p in sweep]
+  ax.errorbar(eps, [100 * p["mean"] for p in sweep],
+              yerr=[100 * p["std"] for p in sweep], marker="o", capsize=4,
+              label=f"PGD-{sweep[0]['steps']}" if sweep else "PGD")
+  if clean is not None:
+    ax.axhline(100 * clean["mean"], color="grey", linestyle="--",
+               label=f"clean {100 * clean['mean']:.1f}%")
+  ax.axhline(5, color="tab:red", linestyle=":", label="5% (sanity bound at 64/255)")
+  ax.set(xscale="symlog", xlabel="eps (/255, symlog scale)", ylabel="accuracy (%)",
+         title=title or "accuracy against eps", ylim=(0, 100))
+  ax.set_xticks(eps)
+  ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save_atomic(figure, path)

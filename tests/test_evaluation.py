@@ -1,0 +1,235 @@
+"""The evaluation suite: attacks that work, honest noise draws, sanity checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from helpers import colour_data, tiny_model
+from rsr_tf import attacks
+from rsr_tf import config as config_lib
+from rsr_tf import evaluation
+from rsr_tf import layers as rsr_layers
+from rsr_tf import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _trained(noise="none", epochs=12):
+  images, labels = colour_data(192)
+  model = tiny_model(noise=noise)
+  trainer = training.RSRTrainer(model, config_lib.AttackConfig(),
+                                config_lib.LossConfig(), adversarial_active=False)
+  trainer.compile(optimizer=training.sgd(0.05, 0.9))
+  trainer.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(32),
+              epochs=epochs, verbose=0)
+  return model
+
+
+@pytest.fixture(scope="module")
+def deterministic():
+  keras.utils.set_random_seed(0)
+  return _trained("none")
+
+
+def _accuracy(model, x, y):
+  return float(np.mean(np.argmax(model(x, training=False), -1) == y))
+
+
+def test_pgd_hurts_a_deterministic_model_and_fgsm_at_eps_zero_does_not(deterministic):
+  x, y = colour_data(96, seed=1)
+  fn = attacks.inference_fn(deterministic)
+  clean = _accuracy(deterministic, x, y)
+  assert clean > 0.8
+  x_adv = attacks.pgd(fn, tf.constant(x), y, eps=0.3, step_size=0.05, steps=10)
+  assert _accuracy(deterministic, x_adv, y) < clean - 0.3
+  x_same = attacks.fgsm(fn, tf.constant(x), y, eps=0.0)
+  assert _accuracy(deterministic, x_same, y) == clean
+
+
+def test_eot_with_one_sample_is_pgd_under_the_same_seed():
+  model = tiny_model(noise="channel")  # noisy: both draw the same noise
+  fn = attacks.inference_fn(model)
+  x, y = colour_data(16)
+  x = tf.constant(x)
+  tf.random.set_seed(7)
+  plain = attacks.pgd(fn, x, y, eps=8 / 255, step_size=2 / 255, steps=3)
+  tf.random.set_seed(7)
+  eot = attacks.eot_pgd(fn, x, y, eps=8 / 255, step_size=2 / 255, steps=3,
+                        eot_samples=1)
+  np.testing.assert_allclose(plain, eot, atol=1e-6)
+  tf.random.set_seed(7)
+  averaged = attacks.eot_pgd(fn, x, y, eps=8 / 255, step_size=2 / 255, steps=3,
+                             eot_samples=4)
+  assert np.max(np.abs(averaged.numpy() - x.numpy())) <= 8 / 255 + 1e-6
+
+
+class _QuantisedInput(keras.Model):
+  """Gradient masking planted on purpose: the input is rounded to 5 levels,
+  so the gradient is exactly zero while the prediction still depends on x."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.model = model
+
+  def call(self, x, training=False):
+    quantised = tf.round(x * 4) / 4
+    return self.model(quantised + 0.0 * x, training=training)
+
+
+def test_sanity_checks_flag_planted_gradient_masking(deterministic):
+  x, y = colour_data(64, seed=2)
+  masked = evaluation.from_keras(_QuantisedInput(deterministic), name="masked",
+                                 num_classes=3)
+  twin = evaluation.from_keras(deterministic, name="twin")
+  cfg = config_lib.EvalConfig(attacks=("clean", "pgd", "transfer"), eps=0.3,
+                              step_size=0.075, steps=7, noise_draws=2,
+                              batch_size=32)
+  suite = evaluation.run_suite(masked, x, y, cfg, source=twin)
+  r = suite["results"]
+  assert r["transfer"]["mean"] < r["pgd"]["mean"]
+  checks = {c["check"]: c["status"] for c in evaluation.sanity_checks(suite)}
+  assert checks["black-box transfer is weaker than white-box (transfer >= PGD)"] == "FAIL"
+
+  honest = evaluation.run_suite(twin, x, y, cfg, source=twin)
+  checks = {c["check"]: c["status"] for c in evaluation.sanity_checks(honest)}
+  assert checks["black-box transfer is weaker than white-box (transfer >= PGD)"] == "PASS"
+
+
+def test_noisy_accuracy_is_reported_over_independent_draws():
+  model = tiny_model(noise="element", num_classes=3)
+  for layer in rsr_layers.noisy_layers(model):
+    layer.alpha.assign(tf.fill(layer.alpha.shape, 2.0))  # very noisy
+  x, y = colour_data(64)
+  cfg = config_lib.EvalConfig(attacks=("clean",), noise_draws=4, batch_size=32)
+  suite = evaluation.run_suite(evaluation.from_keras(model), x, y, cfg)
+  clean = suite["results"]["clean"]
+  assert suite["stochastic"]
+  assert clean["draws"] == 4 and len(set(clean["per_draw"])) > 1
+  assert clean["std"] == pytest.approx(np.std(clean["per_draw"]))
+
+
+def _entry(mean, std=0.0, examples=100, steps=7):
+  return {"mean": mean, "std": std, "examples": examples, "steps": steps}
+
+
+def test_sanity_checks_on_planted_results():
+  suite = {"results": {"clean": _entry(0.8), "fgsm": _entry(0.5),
+                       "pgd": {**_entry(0.4), "on_blackbox_subset": _entry(0.4)},
+                       "pgd_strong": _entry(0.45, steps=20),
+                       "eot_pgd": _entry(0.6), "transfer": _entry(0.7),
+                       "spsa": _entry(0.3)},
+           "eps_sweep": [{**_entry(0.8), "eps": 0.0}, {**_entry(0.6), "eps": 4 / 255},
+                         {**_entry(0.7), "eps": 8 / 255},
+                         {**_entry(0.02), "eps": 64 / 255}],
+           "skipped": {}, "stochastic": True}
+  status = {c["check"]: c["status"] for c in evaluation.sanity_checks(suite)}
+  assert status == {
+      "eps = 0 reproduces clean accuracy": "PASS",
+      "accuracy does not rise as eps grows": "FAIL",
+      "PGD at eps 64/255 brings accuracy to <= 5%": "PASS",
+      "more PGD steps never help the model (PGD-strong <= PGD)": "FAIL",
+      "iterative beats single-step (PGD <= FGSM)": "PASS",
+      "black-box transfer is weaker than white-box (transfer >= PGD)": "PASS",
+      "black-box queries are weaker than white-box (SPSA >= PGD, same images)": "FAIL",
+      "EOT does not help the model (EOT-PGD <= PGD)": "FAIL",
+  }
+  suite["results"] = {"clean": _entry(0.8)}
+  suite["eps_sweep"] = []
+  assert {c["status"] for c in evaluation.sanity_checks(suite)} == {"SKIPPED"}
+
+
+def _cifar_sized_model():
+  inputs = keras.Input((32, 32, 3))
+  x = rsr_layers.NoisyConv2D(4, 3, strides=4, noise="channel")(inputs)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, rsr_layers.NoisyDense(10, noise="channel")(x))
+
+
+def test_keras_and_saved_model_formats_load(tmp_path):
+  model = _cifar_sized_model()
+  keras_path = str(tmp_path / "m.keras")
+  model.save(keras_path)
+  saved_dir = str(tmp_path / "saved")
+  serve = tf.function(lambda image: {"logits": model(image, training=False)},
+                      input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+  tf.saved_model.save(model, saved_dir, signatures={"serving_default": serve})
+  x = tf.random.uniform((3, 32, 32, 3))
+  for path in (keras_path, saved_dir):
+    classifier = evaluation.load_classifier(path)
+    assert classifier.differentiable and classifier.num_classes == 10
+    assert classifier.logits_fn(x).shape == (3, 10)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(classifier.logits_fn(x))
+    assert tape.gradient(loss, x) is not None
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("m.txt", b"hello", "unknown model format"),
+    ("m.keras", b"not a zip", "not a loadable .keras model"),
+])
+def test_bad_model_files_give_one_line_errors(tmp_path, name, content, expected):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=expected):
+    evaluation.load_classifier(str(path))
+
+
+def _evaluate(*args, timeout=60):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
+                         *args], capture_output=True, text=True, timeout=timeout,
+                        cwd=ROOT)
+
+
+@pytest.mark.parametrize("args,expected", [
+    ([], "--model is required"),
+    (["--model=/nonexistent.keras"], "does not exist"),
+    (["--model={m}", "--attacks=pgd,cw"], "unknown names ['cw']"),
+    (["--model={m}", "--eps=0"], "--eps must be in (0, 255]/255"),
+    (["--model={m}", "--spsa_samples=3"], "--spsa_samples"),
+    (["--model={m}", "--image_folder=/nonexistent"], "/nonexistent"),
+    (["--model={bad}"], "not a loadable .keras model"),
+])
+def test_evaluate_script_bad_input_is_one_line(tmp_path, args, expected):
+  good = tmp_path / "m.keras"
+  _cifar_sized_model().save(str(good))
+  bad = tmp_path / "bad.keras"
+  bad.write_bytes(b"junk")
+  args = [a.format(m=good, bad=bad) for a in args]
+  source = [] if any("image_folder" in a for a in args) else ["--embedded_sample"]
+  result = _evaluate(*args, *source, f"--output_dir={tmp_path / 'out'}")
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+
+
+def test_evaluate_script_end_to_end(tmp_path):
+  model_path = tmp_path / "m.keras"
+  _cifar_sized_model().save(str(model_path))
+  out = tmp_path / "eval"
+  result = _evaluate(f"--model={model_path}", f"--source_model={model_path}",
+                     "--embedded_sample", "--eval_limit=40", "--batch_size=20",
+                     "--noise_draws=2", "--pgd_steps=2", "--strong_steps=3",
+                     "--eot_samples=2", "--apgd_steps=2", "--apgd_eot_samples=2",
+                     "--spsa_steps=2", "--spsa_samples=4", "--blackbox_limit=3",
+                     "--eps_sweep=0,8", f"--output_dir={out}", timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / "eval.json").read_text())
+  ran = set(report["suite"]["results"])
+  assert ran == {"clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
+                 "apgd_dlr", "transfer", "spsa"}
+  for entry in report["suite"]["results"].values():
+    assert entry["draws"] == 2 and len(entry["per_draw"]) == 2
+  assert [p["eps_255"] for p in report["suite"]["eps_sweep"]] == [0, 8, 64]
+  assert len(report["sanity_checks"]) == 8
+  assert report["model"]["sha256"] and report["provenance"]["git_commit"]
+  assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
+  markdown = (out / "eval.md").read_text()
+  assert "| PGD-2 |" in markdown and "Sanity checks" in markdown
