@@ -42,8 +42,12 @@ def quiet_tensorflow_startup():
     os.close(saved)
 
 
-def define_data_flags(eval_limit=0):
-  """The data flags every script shares, so one data source means one spelling."""
+def define_data_flags(eval_limit=0, training=True):
+  """The data flags every script shares, so one data source means one spelling.
+
+  With `training` False the flags that only shape the training split
+  (--train_limit, --augment) are left out.
+  """
   flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
   flags.DEFINE_string("image_folder", None,
                       "Local copy laid out as DIR/train/<class>/, DIR/test/<class>/; "
@@ -52,23 +56,30 @@ def define_data_flags(eval_limit=0):
                     "Use the 2,000/500-image CIFAR-10 sample shipped in the "
                     "package (offline).")
   flags.DEFINE_string("data_dir", None, "tfds data_dir.")
-  flags.DEFINE_integer("train_limit", 0, "First N training examples, class-"
-                       "balanced (0: all).", lower_bound=0)
+  if training:
+    flags.DEFINE_integer("train_limit", 0, "First N training examples, class-"
+                         "balanced (0: all).", lower_bound=0)
   flags.DEFINE_integer("eval_limit", eval_limit, "First N eval examples, "
                        "class-balanced (0: all).", lower_bound=0)
   flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-  flags.DEFINE_bool("augment", True, "Pad-4 random crop and horizontal flip "
-                    "(training only).")
+  if training:
+    flags.DEFINE_bool("augment", True, "Pad-4 random crop and horizontal flip.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
 def data_config_from_flags():
+  """The DataConfig the data flags describe (unvalidated).
+
+  Scripts that read only held-out data get one batch of training data.
+  """
   FLAGS = flags.FLAGS
+  train_limit = FLAGS.train_limit if "train_limit" in FLAGS else FLAGS.batch_size
   return config_lib.DataConfig(
       dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
       embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
-      train_limit=FLAGS.train_limit, eval_limit=FLAGS.eval_limit,
-      batch_size=FLAGS.batch_size, augment=FLAGS.augment, seed=FLAGS.seed)
+      train_limit=train_limit, eval_limit=FLAGS.eval_limit,
+      batch_size=FLAGS.batch_size, augment=FLAGS.augment if "augment" in FLAGS
+      else False, seed=FLAGS.seed)
 
 
 def check_image_folder(folder):

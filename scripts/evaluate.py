@@ -36,7 +36,7 @@ def define_flags():
                       "ResNet-20, or the Keras twin of a .tflite target.")
   flags.DEFINE_string("output_dir", None, "Where eval.json, eval.md and "
                       "accuracy_vs_eps.png go.")
-  _cli.define_data_flags(eval_limit=1000)
+  _cli.define_data_flags(eval_limit=1000, training=False)
   flags.adopt_module_key_flags(_cli)
   flags.DEFINE_list("attacks", list(config_lib.EVAL_ATTACKS),
                     "Subset to run, from: " + ", ".join(config_lib.EVAL_ATTACKS))
