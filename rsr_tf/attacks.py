@@ -235,6 +235,8 @@ def apgd(model_fn, x, y, eps, loss="ce", steps=100, eot_samples=1, restarts=1,
     raise ValueError("apgd input must be images in [0, 1]")
   if eps == 0.0:
     return x
+  import logging  # noqa: E402
+  logging.getLogger("art").setLevel(logging.WARNING)  # its import logs paths
   try:
     from art.attacks.evasion import AutoProjectedGradientDescent
     from art.estimators.classification import TensorFlowV2Classifier
