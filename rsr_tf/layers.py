@@ -6,6 +6,8 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 NOISE_MODES = ("none", "layer", "channel", "element")
+# Name scope of the ops `noise_term` and the split noise path create.
+NOISE_SCOPE = "pni_noise"
 
 
 def _alpha_shape(mode, kernel_shape):
@@ -36,6 +38,8 @@ class _WeightNoise:
     # A Python switch rather than a variable: with it off the graph has no
     # random op at all, which is what a deterministic export needs.
     self.noise_enabled = bool(noise_enabled)
+    # Export-time only and never serialised: see `set_noise_split`.
+    self.noise_split = False
     self.alpha = None
 
   def _build_alpha(self):
@@ -59,6 +63,26 @@ class _WeightNoise:
     # the deployed sparse model stays sparse.
     eta = tf.stop_gradient(eta * tf.cast(tf.not_equal(kernel32, 0.0), tf.float32))
     return kernel + tf.cast(self.alpha * eta, kernel.dtype)
+
+  def noise_term(self, kernel):
+    """The random part of `noisy_kernel` alone: alpha * eta * (kernel != 0).
+
+    Same distribution as `noisy_kernel(kernel) - kernel`. Its ops carry the
+    name scope `NOISE_SCOPE`, so an exporter can find the noise path.
+    """
+    with tf.name_scope(NOISE_SCOPE):
+      kernel32 = tf.cast(kernel, tf.float32)
+      std = tf.stop_gradient(tf.math.reduce_std(kernel32))
+      eta = tf.stop_gradient(
+          tf.random.normal(tf.shape(kernel32), dtype=tf.float32) * std)
+      # A select rather than a multiply by a cast mask: a converter folds the
+      # mask into a 1-byte bool constant instead of a float32 one.
+      noise = tf.where(tf.not_equal(kernel32, 0.0), self.alpha * eta,
+                       tf.zeros_like(kernel32))
+      return tf.cast(noise, kernel.dtype)
+
+  def _split_active(self):
+    return self.noise_split and self.alpha is not None and self.noise_enabled
 
   def get_prunable_weights(self):
     return [self.kernel]
@@ -91,6 +115,11 @@ class NoisyConv2D(_WeightNoise, keras.layers.Conv2D,
     self._build_alpha()
 
   def convolution_op(self, inputs, kernel):
+    if self._split_active():
+      # conv(x, w + n) == conv(x, w) + conv(x, n): w stays a constant filter.
+      with tf.name_scope(NOISE_SCOPE):
+        noise_out = super().convolution_op(inputs, self.noise_term(kernel))
+      return super().convolution_op(inputs, kernel) + noise_out
     return super().convolution_op(inputs, self.noisy_kernel(kernel))
 
   def get_config(self):
@@ -113,8 +142,14 @@ class NoisyDense(_WeightNoise, keras.layers.Dense,
 
   def call(self, inputs):
     inputs = tf.cast(inputs, self.compute_dtype)
-    outputs = tf.matmul(inputs, self.noisy_kernel(
-        tf.cast(self.kernel, self.compute_dtype)))
+    if self._split_active():
+      kernel = tf.cast(self.kernel, self.compute_dtype)
+      with tf.name_scope(NOISE_SCOPE):
+        noise_out = tf.matmul(inputs, self.noise_term(kernel))
+      outputs = tf.matmul(inputs, kernel) + noise_out
+    else:
+      outputs = tf.matmul(inputs, self.noisy_kernel(
+          tf.cast(self.kernel, self.compute_dtype)))
     if self.use_bias:
       outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, self.compute_dtype))
     if self.activation is not None:
@@ -171,6 +206,23 @@ def set_noise_enabled(model, enabled):
   """
   for layer in noisy_layers(model):
     layer.noise_enabled = bool(enabled)
+  for attr in ("train_function", "test_function", "predict_function"):
+    if hasattr(model, attr):
+      setattr(model, attr, None)
+
+
+def set_noise_split(model, enabled):
+  """Export only: computes each noisy layer as conv(x, w) + conv(x, noise).
+
+  The sum equals conv(x, w + noise) for the same draw, so the model's outputs
+  keep their distribution, but the kernel `w` now reaches its convolution as
+  a constant that a converter can quantise and sparse-encode, and only the
+  noise path has a filter computed at run time. Training never sets this and
+  it is not saved with the model. Like `set_noise_enabled`, it is read when
+  a function is traced, so cached functions are dropped.
+  """
+  for layer in noisy_layers(model):
+    layer.noise_split = bool(enabled)
   for attr in ("train_function", "test_function", "predict_function"):
     if hasattr(model, attr):
       setattr(model, attr, None)

@@ -1,0 +1,710 @@
+"""SavedModel and TFLite export of a noisy, pruned model, verified against Keras.
+
+`export` converts, measures and checks every artifact, then moves the whole
+output folder into place in one rename; it returns the report that it also
+writes as `export.json`. `load_classifier` runs any artifact (or the `.keras`
+model) as a function from [0, 1] images to logits.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import rsr_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from rsr_tf import layers as rsr_layers
+from rsr_tf import litert
+from rsr_tf import models
+from rsr_tf import outputs
+from rsr_tf import pruning
+
+FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+ARTIFACT_NAMES = {
+    "saved_model": "saved_model",
+    "tflite_float": "model_float.tflite",
+    "tflite_dynamic": "model_dynamic.tflite",
+    "tflite_int8": "model_int8.tflite",
+}
+REPORT_NAME = "export.json"
+LABELS_NAME = "labels.txt"
+IMAGE_SHAPE = (32, 32, 3)
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+SIGNATURE_KEY = "serving_default"
+# The done-when target of the sparse int8 file against the dense float one.
+SIZE_TARGET = 0.3
+_QUANTIZED = ("tflite_dynamic", "tflite_int8")
+
+
+class ExportError(Exception):
+  """Export cannot proceed; the message is one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """What to export and how hard to check it.
+
+  Attributes:
+    formats: a subset of `FORMATS`.
+    sparse: add `tf.lite.Optimize.EXPERIMENTAL_SPARSITY` to every TFLite file.
+    noise: keep the PNI weight noise (the default: robustness needs it);
+      False gives a deterministic, bit-stable model.
+    noise_draws: passes over the evaluation images per accuracy when the
+      noise is on.
+    batch_size: images per invoke in verification (one noise draw each).
+    latency_runs: batch-1 invokes whose median is the latency.
+    num_threads: LiteRT interpreter threads for verification and latency.
+    float_tolerance: max |logit difference| allowed for float artifacts.
+    min_agreement: top-1 agreement with Keras required of quantised ones.
+  """
+  formats: tuple = FORMATS
+  sparse: bool = False
+  noise: bool = True
+  noise_draws: int = 5
+  batch_size: int = 128
+  latency_runs: int = 50
+  num_threads: int = 1
+  float_tolerance: float = 1e-4
+  min_agreement: float = 0.99
+
+  def validate(self):
+    """Raises ExportError naming the first setting that breaks a rule."""
+    unknown = [f for f in self.formats if f not in FORMATS]
+    if unknown or not self.formats:
+      raise ExportError(f"--formats must be a non-empty subset of "
+                        f"{','.join(FORMATS)}, got {','.join(self.formats)}")
+    for name in ("noise_draws", "batch_size", "latency_runs", "num_threads"):
+      if getattr(self, name) < 1:
+        raise ExportError(f"--{name} must be >= 1, got {getattr(self, name)}")
+    if self.noise and self.noise_draws < 2:
+      raise ExportError(f"--noise_draws must be >= 2 with the noise on (a "
+                        f"spread needs two draws), got {self.noise_draws}")
+    if not self.float_tolerance >= 0:
+      raise ExportError(f"--float_tolerance must be >= 0, got "
+                        f"{self.float_tolerance}")
+    if not 0 <= self.min_agreement <= 1:
+      raise ExportError(f"--min_agreement must be in [0, 1], got "
+                        f"{self.min_agreement}")
+    return self
+
+
+def file_sha256(path):
+  """sha256 of a file; of a folder, over its relative paths and contents."""
+  digest = hashlib.sha256()
+  if os.path.isdir(path):
+    for root, dirs, files in os.walk(path):
+      dirs.sort()
+      for name in sorted(files):
+        full = os.path.join(root, name)
+        digest.update(os.path.relpath(full, path).encode() + b"\0")
+        _hash_file(full, digest)
+    return digest.hexdigest()
+  _hash_file(path, digest)
+  return digest.hexdigest()
+
+
+def _hash_file(path, digest):
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+
+
+def load_classifier(path, batch_size=128, num_threads=None):
+  """A function from float32 images [N, 32, 32, 3] in [0, 1] to logits [N, C].
+
+  Args:
+    path: a `.keras` model, a SavedModel folder written by `export`, or a
+      `.tflite` file. The noise is whatever the artifact has: a noisy one
+      draws fresh weight noise for every batch of `batch_size` images.
+    batch_size: images per forward pass.
+    num_threads: LiteRT threads for a `.tflite` file.
+
+  Returns:
+    A callable returning a float32 numpy array. A `.tflite` classifier also
+    has an `op_resolver` attribute (which interpreter set-up ran it).
+
+  Raises:
+    ExportError: unknown kind of file, or one that cannot be loaded.
+  """
+  if not os.path.exists(path):
+    raise ExportError(f"{path} does not exist")
+  if os.path.isdir(path):
+    return _saved_model_classifier(path, batch_size)
+  if path.endswith(".keras"):
+    try:
+      model = models.load(path)
+    except (OSError, ValueError, TypeError) as e:
+      raise ExportError(f"cannot load Keras model {path}: {e}") from e
+    return _batched(_keras_fn(model), batch_size)
+  if path.endswith(".tflite"):
+    try:
+      model = litert.Model(model_path=path, num_threads=num_threads)
+    except (RuntimeError, ValueError) as e:
+      raise ExportError(f"cannot load TFLite model {path}: "
+                        f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+
+    def classify(images):
+      return model.predict(np.asarray(images, np.float32), batch_size)
+
+    classify.op_resolver = model.op_resolver
+    return classify
+  raise ExportError(f"{path}: expected a .keras file, a SavedModel folder or "
+                    f"a .tflite file")
+
+
+def _saved_model_classifier(path, batch_size):
+  try:
+    signature = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
+  except (OSError, KeyError, ValueError) as e:
+    raise ExportError(f"cannot load SavedModel {path} with a "
+                      f"{SIGNATURE_KEY!r} signature: {e}") from e
+  (input_name,) = signature.structured_input_signature[1].keys()
+  (output_name,) = signature.structured_outputs.keys()
+
+  def one_batch(images):
+    return signature(**{input_name: tf.constant(images)})[output_name].numpy()
+
+  return _batched(one_batch, batch_size)
+
+
+def _keras_fn(model):
+  """model(x, training=False) as one traced function, for any batch size."""
+  call = tf.function(lambda x: model(x, training=False), input_signature=[
+      tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
+  return lambda images: call(tf.constant(images)).numpy()
+
+
+def _batched(one_batch, batch_size):
+  def classify(images):
+    images = np.asarray(images, np.float32)
+    return np.concatenate([one_batch(images[i:i + batch_size])
+                           for i in range(0, len(images), batch_size)])
+  return classify
+
+
+# ---------------------------------------------------------------------------
+# Conversion.
+
+
+def _serving_function(model):
+  """The serving signature: float32 images [N, 32, 32, 3] -> {"logits"}."""
+  @tf.function(input_signature=[
+      tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32, name=INPUT_NAME)])
+  def serve(image):
+    return {OUTPUT_NAME: model(image, training=False)}
+  return serve
+
+
+def _trackable(model, serve):
+  """A tf.Module holding the model's variables, kernels under their layer names.
+
+  Saving this instead of the Keras model keeps Keras' own serialisation out
+  of the SavedModel, and the named kernels let the artifact's sparsity be
+  read back from its checkpoint.
+  """
+  module = tf.Module()
+  module.kernels = {layer.name: layer.kernel
+                    for layer in rsr_layers.noisy_layers(model)}
+  kernel_ids = {id(v) for v in module.kernels.values()}
+  module.other_variables = [v for v in model.variables
+                            if id(v) not in kernel_ids]
+  module.serve = serve
+  return module
+
+
+def _write_saved_model(model, path):
+  serve = _serving_function(model)
+  module = _trackable(model, serve)
+  tf.saved_model.save(module, path, signatures={
+      SIGNATURE_KEY: serve.get_concrete_function()})
+
+
+def _converter(model):
+  serve = _serving_function(model)
+  return tf.lite.TFLiteConverter.from_concrete_functions(
+      [serve.get_concrete_function()], _trackable(model, serve))
+
+
+def _noise_nodes(content):
+  """Output names of the ops in the PNI noise path of a TFLite model."""
+  model = litert._read_model(content)  # pylint: disable=protected-access
+  names = set()
+  for graph in model.subgraphs:
+    for op in graph.operators or []:
+      for out in op.outputs:
+        name = graph.tensors[out].name
+        name = name.decode() if isinstance(name, bytes) else name
+        if rsr_layers.NOISE_SCOPE in name:
+          names.add(name)
+  return sorted(names)
+
+
+def _convert_tflite(model, fmt, sparse, representative):
+  """Returns (bytes, notes) of one TFLite format of `model`."""
+  converter = _converter(model)
+  notes = []
+  if fmt != "tflite_int8":
+    converter.optimizations = (
+        ([tf.lite.Optimize.DEFAULT] if fmt in _QUANTIZED else []) +
+        ([tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []))
+    return converter.convert(), notes
+  # Sparse encoding comes last, after quantisation (below), as in the
+  # converter's own int8 path.
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([x[None]] for x in representative)
+  # The noise path's filter is computed at run time; int8 convolution needs a
+  # constant, symmetric filter and refuses it. So with the noise on, the model
+  # is calibrated, then quantised with the noise path left in float, as
+  # tf.lite.experimental.QuantizationDebugger does for denylisted nodes.
+  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+  calibrated = converter.convert()
+  denylist = _noise_nodes(calibrated)
+  from tensorflow.lite.python import convert as tflite_convert  # pylint: disable=g-import-not-at-top
+  quantized = tflite_convert.mlir_quantize(
+      calibrated, denylisted_nodes=denylist or None)
+  if denylist:
+    notes.append(f"int8 weights and activations; the PNI noise path "
+                 f"({len(denylist)} ops) runs in float")
+  if sparse:
+    quantized = tflite_convert.mlir_sparsify(quantized)
+  return quantized, notes
+
+
+# ---------------------------------------------------------------------------
+# Measurement.
+
+
+def _sizes(path):
+  """(bytes, gzip bytes) of a file, or summed over a folder's files."""
+  files = [path]
+  if os.path.isdir(path):
+    files = [os.path.join(root, name) for root, _, names in os.walk(path)
+             for name in names]
+  size = packed = 0
+  for name in files:
+    with open(name, "rb") as f:
+      data = f.read()
+    size += len(data)
+    packed += len(gzip.compress(data, compresslevel=9, mtime=0))
+  return size, packed
+
+
+def _saved_model_sparsity(path):
+  """Zeros in the kernels stored in a SavedModel's checkpoint."""
+  reader = tf.train.load_checkpoint(os.path.join(path, "variables",
+                                                 "variables"))
+  zeros = total = 0
+  per_tensor = []
+  for key in sorted(reader.get_variable_to_shape_map()):
+    if not key.startswith("kernels/"):
+      continue
+    values = reader.get_tensor(key)
+    layer_zeros = int(np.count_nonzero(values == 0))
+    zeros += layer_zeros
+    total += values.size
+    per_tensor.append({"name": key.split("/")[1], "shape": list(values.shape),
+                       "dtype": str(values.dtype),
+                       "sparsity": layer_zeros / max(values.size, 1),
+                       "sparse_encoded": False})
+  return {"overall": zeros / max(total, 1), "zeros": zeros, "weights": total,
+          "per_tensor": per_tensor}
+
+
+def _median_latency_ms(fn, image, runs, warmup=3):
+  for _ in range(warmup):
+    fn(image)
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    fn(image)
+    times.append((time.perf_counter() - start) * 1e3)
+  return float(np.median(times))
+
+
+def _accuracy(logits, labels):
+  return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def _accuracy_over_draws(classify, images, labels, draws):
+  per_draw = [_accuracy(classify(images), labels) for _ in range(draws)]
+  return {"mean": float(np.mean(per_draw)), "std": float(np.std(per_draw)),
+          "per_draw": per_draw}
+
+
+def _noise_present(classify, images):
+  """Whether two passes over the same images give different logits."""
+  return bool(np.any(classify(images) != classify(images)))
+
+
+def _check(name, value, limit, passed, rule):
+  return {"check": name, "value": value, "limit": limit,
+          "passed": bool(passed), "rule": rule}
+
+
+def _verify(fmt, classify, reference, images, labels, config, noisy,
+            logit_step=None):
+  """Parity of one artifact with the Keras model; returns (results, checks).
+
+  `logit_step` (int8 output resolution) adds a diagnostic: the share of
+  images whose Keras top-1/top-2 logit margin is below one step, which
+  rounding the logits alone can flip.
+  """
+  probe = images[:min(len(images), 16)]
+  checks = []
+  present = _noise_present(classify, probe)
+  if noisy:
+    checks.append(_check("noise present", present, True, present,
+                         "two invokes on the same images differ"))
+    acc = _accuracy_over_draws(classify, images, labels, config.noise_draws)
+    ref = reference["accuracy"]
+    spread = 2 * math.sqrt(acc["std"] ** 2 + ref["std"] ** 2)
+    tolerance = max(spread, 1.0 / len(labels))
+    gap = abs(acc["mean"] - ref["mean"])
+    checks.append(_check(
+        "accuracy matches Keras", gap, tolerance, gap <= tolerance,
+        "|mean - Keras mean| <= 2 * sqrt(std^2 + Keras std^2) (at least one "
+        "image)"))
+    return {"accuracy": acc}, checks
+  checks.append(_check("deterministic", not present, True, not present,
+                       "two invokes on the same images agree exactly"))
+  logits = classify(images)
+  diff = float(np.max(np.abs(logits - reference["logits"])))
+  agreement = float(np.mean(np.argmax(logits, -1) ==
+                            np.argmax(reference["logits"], -1)))
+  if fmt in _QUANTIZED:
+    checks.append(_check("top-1 agreement", agreement, config.min_agreement,
+                         agreement >= config.min_agreement,
+                         "share of images with Keras' top-1 class"))
+  else:
+    checks.append(_check("max |logit diff|", diff, config.float_tolerance,
+                         diff <= config.float_tolerance,
+                         "largest absolute logit difference from Keras"))
+  results = {"accuracy": {"mean": _accuracy(logits, labels), "std": 0.0,
+                          "per_draw": [_accuracy(logits, labels)]},
+             "max_abs_logit_diff": diff, "top1_agreement": agreement}
+  if logit_step:
+    top2 = np.sort(reference["logits"], axis=-1)[:, -2:]
+    results["logit_step"] = logit_step
+    results["keras_margin_below_logit_step"] = float(
+        np.mean(top2[:, 1] - top2[:, 0] < logit_step))
+  return results, checks
+
+
+# ---------------------------------------------------------------------------
+# The export.
+
+
+def _check_output_dir(output_dir):
+  """Refuses to replace a folder that is not an earlier export."""
+  if os.path.isfile(output_dir):
+    raise ExportError(f"--output_dir {output_dir} is a file")
+  if (os.path.isdir(output_dir) and os.listdir(output_dir) and
+      not os.path.isfile(os.path.join(output_dir, REPORT_NAME))):
+    raise ExportError(f"--output_dir {output_dir} holds files but no "
+                      f"{REPORT_NAME}; refusing to replace it")
+  parent = os.path.dirname(os.path.abspath(output_dir))
+  try:
+    outputs.check_writable(parent)
+  except OSError as e:
+    raise ExportError(str(e)) from e
+
+
+def _replace_dir(source, target):
+  """Moves folder `source` to `target`, replacing an existing `target`."""
+  if not os.path.exists(target):
+    os.rename(source, target)
+    return
+  parent = os.path.dirname(os.path.abspath(target))
+  old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.old-")
+  os.rmdir(old)
+  os.rename(target, old)
+  os.rename(source, target)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_model(model, path):
+  shape = tuple(model.input_shape)
+  if shape[1:] != IMAGE_SHAPE:
+    raise ExportError(f"model {path} takes inputs of shape {list(shape)}; "
+                      f"export needs [N, {', '.join(map(str, IMAGE_SHAPE))}]")
+  if len(model.output_shape) != 2:
+    raise ExportError(f"model {path} outputs shape {list(model.output_shape)}; "
+                      f"export needs logits [N, classes]")
+
+
+def _to_float(images):
+  return images.astype(np.float32) / 255.0
+
+
+def export(model_path, output_dir, dataset, config, argv=None, log=None):
+  """Exports `model_path` to every format in `config`, verified.
+
+  Everything is built and checked in a temporary folder beside `output_dir`.
+  If every check passes, that folder replaces `output_dir` in one rename;
+  otherwise `output_dir` is left as it was and the build, with its
+  `export.json`, goes to `<output_dir>.failed` for inspection.
+
+  Args:
+    model_path: a `.keras` model taking [N, 32, 32, 3] images in [0, 1].
+    output_dir: where the artifacts, `export.json` and `labels.txt` go.
+    dataset: an `rsr_tf.data.Dataset`; its training split is the int8
+      representative set and its test split the verification images.
+    config: an `ExportConfig`.
+    argv: the command line recorded as provenance (default `sys.argv`).
+    log: a function taking one line of progress (default: stderr).
+
+  Returns:
+    The report written as `export.json`; "passed" says whether every check
+    passed and "written_to" where the folder went.
+
+  Raises:
+    ExportError: bad model, output folder or settings, or a failed
+      conversion; nothing is written then.
+  """
+  config.validate()
+  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  _check_output_dir(output_dir)
+  if len(dataset.test) == 0 or len(dataset.train) == 0:
+    raise ExportError("export needs training images (int8 calibration) and "
+                      "test images (verification)")
+  try:
+    model = models.load(model_path)
+  except (OSError, ValueError, TypeError) as e:
+    raise ExportError(f"cannot load Keras model {model_path}: {e}") from e
+  _check_model(model, model_path)
+  rsr_layers.set_noise_enabled(model, config.noise)
+  noisy = config.noise and bool(rsr_layers.alphas(model))
+
+  images, labels = _to_float(dataset.test.images), dataset.test.labels
+  representative = _to_float(dataset.train.images)
+  one_image = images[:1]
+
+  parent = os.path.dirname(os.path.abspath(output_dir))
+  build = tempfile.mkdtemp(dir=parent,
+                           prefix=f".{os.path.basename(output_dir)}.tmp-")
+  try:
+    report = _build(model, model_path, dataset, config, noisy, images, labels,
+                    representative, one_image, build, argv, log)
+    target = output_dir if report["passed"] else (
+        output_dir.rstrip(os.sep) + ".failed")
+    report["written_to"] = os.path.abspath(target)
+    outputs.write_json_atomic(os.path.join(build, REPORT_NAME), report)
+    _replace_dir(build, target)
+    return report
+  except BaseException:
+    shutil.rmtree(build, ignore_errors=True)
+    raise
+
+
+def _build(model, model_path, dataset, config, noisy, images, labels,
+           representative, one_image, build, argv, log):
+  start = time.perf_counter()
+  keras_fn = _batched(_keras_fn(model), config.batch_size)
+  if noisy:
+    reference = {"accuracy": _accuracy_over_draws(keras_fn, images, labels,
+                                                  config.noise_draws)}
+  else:
+    logits = keras_fn(images)
+    reference = {"logits": logits, "accuracy": {
+        "mean": _accuracy(logits, labels), "std": 0.0,
+        "per_draw": [_accuracy(logits, labels)]}}
+  keras_size = _sizes(model_path)
+  keras_row = {
+      "file": os.path.abspath(model_path), "bytes": keras_size[0],
+      "gzip_bytes": keras_size[1],
+      "sparsity": pruning.measured_sparsity(model)["overall"],
+      "latency_ms": _median_latency_ms(_keras_fn(model), one_image,
+                                       config.latency_runs),
+      "accuracy": reference["accuracy"],
+  }
+  log(f"keras reference: accuracy {_acc_text(reference['accuracy'])}")
+
+  artifacts, checks, notes = {}, [], []
+  dense_float = None
+  for fmt in config.formats:
+    t0 = time.perf_counter()
+    name = ARTIFACT_NAMES[fmt]
+    path = os.path.join(build, name)
+    row = {"file": name}
+    try:
+      if fmt == "saved_model":
+        rsr_layers.set_noise_split(model, False)
+        _write_saved_model(model, path)
+        classify = _saved_model_classifier(path, config.batch_size)
+        serve = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
+        row["sparsity"] = _saved_model_sparsity(path)
+        row["latency_ms"] = _median_latency_ms(
+            lambda x: serve(**{INPUT_NAME: tf.constant(x)}), one_image,
+            config.latency_runs)
+        row["runtime"] = "TensorFlow"
+      else:
+        # conv(x, w) + conv(x, noise): w stays a constant the converter can
+        # quantise and sparse-encode. A no-op with the noise off.
+        rsr_layers.set_noise_split(model, noisy)
+        content, fmt_notes = _convert_tflite(model, fmt, config.sparse,
+                                             representative)
+        with open(path, "wb") as f:
+          f.write(content)
+        notes.extend(f"{fmt}: {n}" for n in fmt_notes)
+        if fmt == "tflite_float" and not config.sparse:
+          dense_float = _sizes(path)
+        runner = litert.Model(model_path=path, num_threads=config.num_threads)
+        latency_model = litert.Model(model_path=path,
+                                     num_threads=config.num_threads)
+        classify = lambda x, r=runner: r.predict(x, config.batch_size)  # noqa: E731
+        row["sparsity"] = litert.weight_sparsity(content)
+        row["latency_ms"] = latency_model.latency_ms(one_image,
+                                                     config.latency_runs)
+        row["runtime"] = "LiteRT"
+        row["op_resolver"] = runner.op_resolver
+        if runner.fallback_reason:
+          row["op_resolver_fallback_reason"] = runner.fallback_reason
+        row["ops"] = litert.op_counts(content)
+        row["sparse_encoded"] = config.sparse
+        row["_logit_step"] = litert.output_step(content)
+    except (RuntimeError, ValueError, tf.errors.OpError) as e:
+      raise ExportError(f"{fmt}: {litert._first_line(e)}") from e  # pylint: disable=protected-access
+    finally:
+      rsr_layers.set_noise_split(model, False)
+    row["bytes"], row["gzip_bytes"] = _sizes(path)
+    row["sha256"] = file_sha256(path)
+    results, fmt_checks = _verify(fmt, classify, reference, images, labels,
+                                  config, noisy, row.pop("_logit_step", None))
+    row.update(results)
+    row["checks"] = fmt_checks
+    checks.extend(dict(c, artifact=fmt) for c in fmt_checks)
+    artifacts[fmt] = row
+    status = "ok" if all(c["passed"] for c in fmt_checks) else "FAILED"
+    log(f"{fmt}: {status}, accuracy {_acc_text(row['accuracy'])}, "
+        f"{row['bytes']} bytes ({time.perf_counter() - t0:.1f}s)")
+
+  tflite = [f for f in config.formats if f.startswith("tflite")]
+  if tflite and dense_float is None:
+    # The size reference is always a dense float TFLite file of the same
+    # model and noise setting; it is measured but not written.
+    rsr_layers.set_noise_split(model, noisy)
+    try:
+      content, _ = _convert_tflite(model, "tflite_float", False, None)
+    finally:
+      rsr_layers.set_noise_split(model, False)
+    dense_float = (len(content),
+                   len(gzip.compress(content, compresslevel=9, mtime=0)))
+  size_target = None
+  if dense_float:
+    for fmt in tflite:
+      artifacts[fmt]["bytes_vs_dense_float"] = (
+          artifacts[fmt]["bytes"] / dense_float[0])
+      artifacts[fmt]["gzip_vs_dense_float"] = (
+          artifacts[fmt]["gzip_bytes"] / dense_float[1])
+    if "tflite_int8" in artifacts:
+      ratio = artifacts["tflite_int8"]["gzip_vs_dense_float"]
+      size_target = {
+          "artifact": "tflite_int8", "sparse_encoded": config.sparse,
+          "noise": "on" if noisy else "off", "gzip_ratio": ratio,
+          "target": SIZE_TARGET, "met": ratio <= SIZE_TARGET,
+          "rule": "gzip size of the int8 file / gzip size of the dense float "
+                  "TFLite file with the same noise setting"}
+
+  with open(os.path.join(build, LABELS_NAME), "w") as f:
+    f.write("".join(f"{name}\n" for name in dataset.class_names))
+  if noisy:
+    notes.append("noise on: TFLite files compute each noisy layer as "
+                 "conv(x, w) + conv(x, noise), with the pruning mask stored "
+                 "as a bool constant per layer; the SavedModel keeps "
+                 "conv(x, w + noise)")
+  passed = all(c["passed"] for c in checks)
+  report = {
+      "passed": passed,
+      "failed_checks": [c for c in checks if not c["passed"]],
+      "noise": "on" if noisy else "off",
+      "noise_requested": "on" if config.noise else "off",
+      "sparse": config.sparse,
+      "artifacts": artifacts,
+      "keras": keras_row,
+      "reference_dense_float_tflite": (
+          {"bytes": dense_float[0], "gzip_bytes": dense_float[1]}
+          if dense_float else None),
+      "size_target": size_target,
+      "notes": notes,
+      "model": {"path": os.path.abspath(model_path),
+                "sha256": file_sha256(model_path),
+                "noise_modes": sorted({layer.noise for layer in
+                                       rsr_layers.noisy_layers(model)})},
+      "data": {"source": dataset.source,
+               "representative_examples": len(representative),
+               "eval_examples": len(labels),
+               "class_names": list(dataset.class_names)},
+      "config": {**dataclasses.asdict(config),
+                 "formats": list(config.formats)},
+      "provenance": outputs.provenance(argv),
+      "seconds": time.perf_counter() - start,
+  }
+  return report
+
+
+def _acc_text(acc):
+  if len(acc["per_draw"]) > 1:
+    return f"{acc['mean']:.4f} ± {acc['std']:.4f}"
+  return f"{acc['mean']:.4f}"
+
+
+def _kb(n):
+  return f"{n / 1024:.1f}"
+
+
+def format_table(report):
+  """The report as a fixed-width table, one row per artifact, then checks."""
+  header = (f"{'artifact':<15} {'KiB':>8} {'gz KiB':>8} {'gz/dense':>8} "
+            f"{'sparsity':>8} {'ms/img':>7} {'accuracy':>17}  runtime")
+  lines = [f"export: noise {report['noise']}, sparse "
+           f"{'on' if report['sparse'] else 'off'}", header]
+  rows = [("keras", report["keras"])] + list(report["artifacts"].items())
+  for name, row in rows:
+    ratio = row.get("gzip_vs_dense_float")
+    runtime = row.get("op_resolver", row.get("runtime", "tf_keras"))
+    lines.append(
+        f"{name:<15} {_kb(row['bytes']):>8} {_kb(row['gzip_bytes']):>8} "
+        f"{'' if ratio is None else f'{ratio:.3f}':>8} "
+        f"{_sparsity_of(row):>8.4f} {row['latency_ms']:>7.2f} "
+        f"{_acc_text(row['accuracy']):>17}  {runtime}")
+  lines.append("")
+  lines.append(f"{'artifact':<15} {'check':<24} {'value':>12} {'limit':>12}  result")
+  for fmt, row in report["artifacts"].items():
+    for c in row["checks"]:
+      lines.append(f"{fmt:<15} {c['check']:<24} {_value(c['value']):>12} "
+                   f"{_value(c['limit']):>12}  "
+                   f"{'pass' if c['passed'] else 'FAIL'}")
+  target = report.get("size_target")
+  if target:
+    lines.append("")
+    lines.append(f"size: int8 gzip / dense float gzip = "
+                 f"{target['gzip_ratio']:.3f} (target <= {target['target']}, "
+                 f"noise {target['noise']}, sparse "
+                 f"{'on' if target['sparse_encoded'] else 'off'}): "
+                 f"{'met' if target['met'] else 'NOT met'}")
+  for note in report.get("notes", []):
+    lines.append(f"note: {note}")
+  lines.append(f"{'all checks passed' if report['passed'] else 'CHECKS FAILED'}"
+               f"; written to {report.get('written_to', '?')}")
+  return "\n".join(lines)
+
+
+def _sparsity_of(row):
+  sparsity = row["sparsity"]
+  return sparsity["overall"] if isinstance(sparsity, dict) else sparsity
+
+
+def _value(value):
+  if isinstance(value, bool):
+    return "yes" if value else "no"
+  if isinstance(value, float):
+    return f"{value:.3g}" if value < 1e-3 and value else f"{value:.4f}"
+  return str(value)

@@ -1,0 +1,142 @@
+"""Export a trained model to SavedModel and TFLite (float, dynamic-range, int8), verified.
+
+Example:
+  python scripts/export.py --model=/tmp/run/model.keras --output_dir=/tmp/export \
+    --formats=saved_model,tflite_float,tflite_dynamic,tflite_int8 --sparse \
+    --image_folder=/tmp/cifar10
+
+Every artifact is checked against the Keras model on held-out images; the
+results go to OUTPUT_DIR/export.json and are printed as a table. If a check
+fails the exit status is 1, OUTPUT_DIR is left as it was, and the build goes
+to OUTPUT_DIR.failed for inspection.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import rsr_tf  # noqa: E402,F401  (before TensorFlow: selects Keras 2)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from rsr_tf import config as config_lib  # noqa: E402
+from scripts import _cli  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+
+
+def define_flags():
+  """Every flag of the export script, with its range."""
+  flags.DEFINE_string("model", None, "The .keras model to export (e.g. "
+                      "model.keras from scripts/train.py).")
+  flags.DEFINE_string("output_dir", None, "Folder for the artifacts, "
+                      "export.json and labels.txt; replaced as a whole.")
+  flags.DEFINE_list("formats", list(FORMATS), "Comma-separated subset of "
+                    f"{','.join(FORMATS)}.")
+  flags.DEFINE_bool("sparse", False, "Sparse-encode the TFLite weights "
+                    "(tf.lite.Optimize.EXPERIMENTAL_SPARSITY).")
+  flags.DEFINE_enum("noise", "on", ["on", "off"], "on: keep the PNI weight "
+                    "noise (robustness needs it); off: a deterministic model "
+                    "with bit-stable outputs.")
+  # Data: the same flags as scripts/train.py. The training split is the int8
+  # representative set, the test split the verification images.
+  flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
+  flags.DEFINE_string("image_folder", None,
+                      "Local copy laid out as DIR/train/<class>/, DIR/test/<class>/; "
+                      "used instead of tfds.")
+  flags.DEFINE_bool("embedded_sample", False,
+                    "Use the 2,000/500-image CIFAR-10 sample shipped in the "
+                    "package (offline).")
+  flags.DEFINE_string("data_dir", None, "tfds data_dir.")
+  flags.DEFINE_integer("train_limit", 500, "Training images for the int8 "
+                       "representative set, class-balanced (0: all).",
+                       lower_bound=0)
+  flags.DEFINE_integer("eval_limit", 500, "Held-out images for verification, "
+                       "class-balanced (0: all).", lower_bound=0)
+  flags.DEFINE_integer("batch_size", 128, "Images per invoke in verification; "
+                       "each invoke is one noise draw.", lower_bound=1)
+  # Verification.
+  flags.DEFINE_integer("noise_draws", 5, "Passes over the verification images "
+                       "per accuracy when the noise is on.", lower_bound=2)
+  flags.DEFINE_integer("latency_runs", 50, "Batch-1 invokes; the median is "
+                       "the latency.", lower_bound=1)
+  flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.",
+                       lower_bound=1)
+  flags.DEFINE_float("float_tolerance", 1e-4, "Largest |logit difference| "
+                     "from Keras allowed for float artifacts (noise off).",
+                     lower_bound=0)
+  flags.DEFINE_float("min_agreement", 0.99, "Top-1 agreement with Keras "
+                     "required of the quantised artifacts (noise off).",
+                     lower_bound=0, upper_bound=1)
+
+
+def _data_config():
+  data = config_lib.DataConfig(
+      dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
+      embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
+      train_limit=FLAGS.train_limit, eval_limit=FLAGS.eval_limit,
+      # Nothing is trained: the batch rule of training does not apply here.
+      batch_size=1, augment=False)
+  data.validate()
+  return data
+
+
+def _check_inputs():
+  """Cheap checks of flags and paths, before anything heavy is loaded."""
+  unknown = [f for f in FLAGS.formats if f not in FORMATS]
+  if unknown or not FLAGS.formats:
+    _cli.fail(f"--formats must be a non-empty subset of {','.join(FORMATS)}, "
+              f"got {','.join(FLAGS.formats) or 'nothing'}")
+  if not os.path.isfile(FLAGS.model):
+    _cli.fail(f"--model {FLAGS.model!r} does not exist or is not a file")
+  if not FLAGS.model.endswith(".keras"):
+    _cli.fail(f"--model {FLAGS.model!r} must be a .keras file")
+  folder = FLAGS.image_folder
+  if folder and not os.path.isdir(folder):
+    _cli.fail(f"--image_folder {folder!r} does not exist or is not a directory")
+  try:
+    return _data_config()
+  except config_lib.ConfigError as e:
+    _cli.fail(str(e))
+
+
+def main(argv):
+  if len(argv) > 1:
+    _cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  data_config = _check_inputs()
+
+  _cli.quiet_tensorflow_startup()  # heavy imports only after the checks
+  # tf.saved_model.save logs every asset and fingerprint it writes at INFO.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  from rsr_tf import data as data_lib  # noqa: E402
+  from rsr_tf import export as export_lib  # noqa: E402
+  config = export_lib.ExportConfig(
+      formats=tuple(dict.fromkeys(FLAGS.formats)), sparse=FLAGS.sparse,
+      noise=FLAGS.noise == "on", noise_draws=FLAGS.noise_draws,
+      batch_size=FLAGS.batch_size, latency_runs=FLAGS.latency_runs,
+      num_threads=FLAGS.num_threads, float_tolerance=FLAGS.float_tolerance,
+      min_agreement=FLAGS.min_agreement)
+  try:
+    config.validate()
+    dataset = data_lib.load(data_config)
+    report = export_lib.export(FLAGS.model, FLAGS.output_dir, dataset, config)
+  except (data_lib.DataError, export_lib.ExportError) as e:
+    _cli.fail(str(e))
+  print(export_lib.format_table(report))
+  if not report["passed"]:
+    failed = ", ".join(f"{c['artifact']} {c['check']}"
+                       for c in report["failed_checks"])
+    print(f"{os.path.basename(sys.argv[0])}: error: checks failed ({failed}); "
+          f"{FLAGS.output_dir} left unchanged, build kept in "
+          f"{report['written_to']}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["model", "output_dir"])
+  app.run(main, flags_parser=_cli.parse_flags)
