@@ -171,11 +171,19 @@ def spsa(model_fn, x, y, eps, steps, samples=64, learning_rate=0.01, delta=0.01)
   if eps == 0.0:
     return x
   adversarial = []
-  for i in range(int(x.shape[0])):
-    adversarial.append(cleverhans_spsa(
-        model_fn, x[i:i + 1], y[i:i + 1], eps, steps, clip_min=0.0,
-        clip_max=1.0, learning_rate=learning_rate, delta=delta,
-        spsa_samples=samples))
+  # CleverHans builds its optimizer with the deprecated `lr` argument, and
+  # tf_keras warns about it once per image.
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel("ERROR")
+  try:
+    for i in range(int(x.shape[0])):
+      adversarial.append(cleverhans_spsa(
+          model_fn, x[i:i + 1], y[i:i + 1], eps, steps, clip_min=0.0,
+          clip_max=1.0, learning_rate=learning_rate, delta=delta,
+          spsa_samples=samples))
+  finally:
+    logger.setLevel(level)
   return tf.concat(adversarial, axis=0)
 
 
