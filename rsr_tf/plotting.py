@@ -81,8 +81,10 @@ def accuracy_vs_eps(sweep, path, clean=None, title=""):
     ax.axhline(100 * clean["mean"], color="grey", linestyle="--",
                label=f"clean {100 * clean['mean']:.1f}%")
   ax.axhline(5, color="tab:red", linestyle=":", label="5% (sanity bound at 64/255)")
-  ax.set(xscale="symlog", xlabel="eps (/255, symlog scale)", ylabel="accuracy (%)",
-         title=title or "accuracy against eps", ylim=(0, 100))
+  ax.set_xscale("symlog", linthresh=1)
+  ax.set(xlabel="eps (/255, symlog scale)", ylabel="accuracy (%)",
+         title=title or "accuracy against eps", ylim=(0, 100),
+         xlim=(-0.3, max(eps + [1]) * 1.3))
   ax.set_xticks(eps)
   ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
   ax.grid(alpha=0.3)
