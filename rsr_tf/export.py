@@ -247,8 +247,27 @@ def _noise_nodes(content):
   return sorted(names)
 
 
-def _convert_tflite(model, fmt, sparse, representative):
-  """Returns (bytes, notes) of one TFLite format of `model`."""
+def _convert_tflite(model, fmt, sparse, representative, noisy):
+  """Returns (bytes, notes) of one TFLite format of `model`.
+
+  With the noise on, each noisy layer is traced as conv(x, w) + conv(x,
+  noise), so `w` stays a constant the converter can quantise and
+  sparse-encode.
+
+  Raises:
+    ExportError: the converter failed.
+  """
+  rsr_layers.set_noise_split(model, noisy)
+  try:
+    return _convert_tflite_split(model, fmt, sparse, representative)
+  except Exception as e:  # the converter's own error types are private
+    raise ExportError(f"{fmt}: conversion failed: "
+                      f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+  finally:
+    rsr_layers.set_noise_split(model, False)
+
+
+def _convert_tflite_split(model, fmt, sparse, representative):
   converter = _converter(model)
   notes = []
   if fmt != "tflite_int8":
@@ -398,6 +417,55 @@ def _verify(fmt, classify, reference, images, labels, config, noisy,
   return results, checks
 
 
+def _saved_model_artifact(model, path, config, one_image):
+  """Writes and measures the SavedModel; returns (row, classify)."""
+  try:
+    _write_saved_model(model, path)
+  except (ValueError, TypeError, tf.errors.OpError) as e:
+    raise ExportError(f"saved_model: cannot save: "
+                      f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+  serve = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
+  row = {
+      "file": os.path.basename(path), "runtime": "TensorFlow",
+      "sparsity": _saved_model_sparsity(path),
+      "latency_ms": _median_latency_ms(
+          lambda x: serve(**{INPUT_NAME: tf.constant(x)}), one_image,
+          config.latency_runs),
+      "signature": {"key": SIGNATURE_KEY, "input": INPUT_NAME,
+                    "output": OUTPUT_NAME,
+                    "input_spec": ["N", *IMAGE_SHAPE, "float32 in [0, 1]"]},
+  }
+  return row, _saved_model_classifier(path, config.batch_size)
+
+
+def _tflite_artifact(model, fmt, path, config, noisy, representative,
+                     one_image):
+  """Converts, writes and measures one TFLite file; returns (row, classify, notes)."""
+  content, notes = _convert_tflite(model, fmt, config.sparse, representative,
+                                   noisy)
+  with open(path, "wb") as f:
+    f.write(content)
+  try:
+    runner = litert.Model(model_path=path, num_threads=config.num_threads)
+    latency_model = litert.Model(model_path=path,
+                                 num_threads=config.num_threads)
+  except (RuntimeError, ValueError) as e:
+    raise ExportError(f"{fmt}: LiteRT cannot run the converted file: "
+                      f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+  row = {
+      "file": os.path.basename(path), "runtime": "LiteRT",
+      "op_resolver": runner.op_resolver,
+      "sparse_encoded": config.sparse,
+      "sparsity": litert.weight_sparsity(content),
+      "latency_ms": latency_model.latency_ms(one_image, config.latency_runs),
+      "ops": litert.op_counts(content),
+      "_logit_step": litert.output_step(content),
+  }
+  if runner.fallback_reason:
+    row["op_resolver_fallback_reason"] = runner.fallback_reason
+  return row, lambda x: runner.predict(x, config.batch_size), notes
+
+
 # ---------------------------------------------------------------------------
 # The export.
 
@@ -480,6 +548,10 @@ def export(model_path, output_dir, dataset, config, argv=None, log=None):
   except (OSError, ValueError, TypeError) as e:
     raise ExportError(f"cannot load Keras model {model_path}: {e}") from e
   _check_model(model, model_path)
+  if model.output_shape[-1] != dataset.num_classes:
+    raise ExportError(f"model {model_path} has {model.output_shape[-1]} "
+                      f"classes but the data ({dataset.source}) has "
+                      f"{dataset.num_classes}")
   rsr_layers.set_noise_enabled(model, config.noise)
   noisy = config.noise and bool(rsr_layers.alphas(model))
 
@@ -531,49 +603,15 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
   dense_float = None
   for fmt in config.formats:
     t0 = time.perf_counter()
-    name = ARTIFACT_NAMES[fmt]
-    path = os.path.join(build, name)
-    row = {"file": name}
-    try:
-      if fmt == "saved_model":
-        rsr_layers.set_noise_split(model, False)
-        _write_saved_model(model, path)
-        classify = _saved_model_classifier(path, config.batch_size)
-        serve = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
-        row["sparsity"] = _saved_model_sparsity(path)
-        row["latency_ms"] = _median_latency_ms(
-            lambda x: serve(**{INPUT_NAME: tf.constant(x)}), one_image,
-            config.latency_runs)
-        row["runtime"] = "TensorFlow"
-      else:
-        # conv(x, w) + conv(x, noise): w stays a constant the converter can
-        # quantise and sparse-encode. A no-op with the noise off.
-        rsr_layers.set_noise_split(model, noisy)
-        content, fmt_notes = _convert_tflite(model, fmt, config.sparse,
-                                             representative)
-        with open(path, "wb") as f:
-          f.write(content)
-        notes.extend(f"{fmt}: {n}" for n in fmt_notes)
-        if fmt == "tflite_float" and not config.sparse:
-          dense_float = _sizes(path)
-        runner = litert.Model(model_path=path, num_threads=config.num_threads)
-        latency_model = litert.Model(model_path=path,
-                                     num_threads=config.num_threads)
-        classify = lambda x, r=runner: r.predict(x, config.batch_size)  # noqa: E731
-        row["sparsity"] = litert.weight_sparsity(content)
-        row["latency_ms"] = latency_model.latency_ms(one_image,
-                                                     config.latency_runs)
-        row["runtime"] = "LiteRT"
-        row["op_resolver"] = runner.op_resolver
-        if runner.fallback_reason:
-          row["op_resolver_fallback_reason"] = runner.fallback_reason
-        row["ops"] = litert.op_counts(content)
-        row["sparse_encoded"] = config.sparse
-        row["_logit_step"] = litert.output_step(content)
-    except (RuntimeError, ValueError, tf.errors.OpError) as e:
-      raise ExportError(f"{fmt}: {litert._first_line(e)}") from e  # pylint: disable=protected-access
-    finally:
-      rsr_layers.set_noise_split(model, False)
+    path = os.path.join(build, ARTIFACT_NAMES[fmt])
+    if fmt == "saved_model":
+      row, classify = _saved_model_artifact(model, path, config, one_image)
+    else:
+      row, classify, fmt_notes = _tflite_artifact(
+          model, fmt, path, config, noisy, representative, one_image)
+      notes.extend(f"{fmt}: {n}" for n in fmt_notes)
+      if fmt == "tflite_float" and not config.sparse:
+        dense_float = _sizes(path)
     row["bytes"], row["gzip_bytes"] = _sizes(path)
     row["sha256"] = file_sha256(path)
     results, fmt_checks = _verify(fmt, classify, reference, images, labels,
@@ -590,11 +628,7 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
   if tflite and dense_float is None:
     # The size reference is always a dense float TFLite file of the same
     # model and noise setting; it is measured but not written.
-    rsr_layers.set_noise_split(model, noisy)
-    try:
-      content, _ = _convert_tflite(model, "tflite_float", False, None)
-    finally:
-      rsr_layers.set_noise_split(model, False)
+    content, _ = _convert_tflite(model, "tflite_float", False, None, noisy)
     dense_float = (len(content),
                    len(gzip.compress(content, compresslevel=9, mtime=0)))
   size_target = None
@@ -620,6 +654,9 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
                  "conv(x, w) + conv(x, noise), with the pruning mask stored "
                  "as a bool constant per layer; the SavedModel keeps "
                  "conv(x, w + noise)")
+  if config.noise and not noisy:
+    notes.append("--noise=on, but the model has no noisy layers: exported "
+                 "deterministic")
   passed = all(c["passed"] for c in checks)
   report = {
       "passed": passed,
@@ -669,7 +706,10 @@ def format_table(report):
   rows = [("keras", report["keras"])] + list(report["artifacts"].items())
   for name, row in rows:
     ratio = row.get("gzip_vs_dense_float")
-    runtime = row.get("op_resolver", row.get("runtime", "tf_keras"))
+    runtime = row.get("runtime", "tf_keras")
+    if "op_resolver" in row:
+      runtime += " " + ("AUTO (XNNPACK)" if row["op_resolver"] ==
+                        litert.DEFAULT_RESOLVER else row["op_resolver"])
     lines.append(
         f"{name:<15} {_kb(row['bytes']):>8} {_kb(row['gzip_bytes']):>8} "
         f"{'' if ratio is None else f'{ratio:.3f}':>8} "

@@ -87,6 +87,9 @@ def _data_config():
 
 def _check_inputs():
   """Cheap checks of flags and paths, before anything heavy is loaded."""
+  for name in ("model", "output_dir"):
+    if not FLAGS[name].value:
+      _cli.fail(f"--{name} is required")
   unknown = [f for f in FLAGS.formats if f not in FORMATS]
   if unknown or not FLAGS.formats:
     _cli.fail(f"--formats must be a non-empty subset of {','.join(FORMATS)}, "
@@ -138,5 +141,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["model", "output_dir"])
   app.run(main, flags_parser=_cli.parse_flags)
