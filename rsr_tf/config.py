@@ -7,6 +7,7 @@ from typing import Optional
 MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
 NOISE_MODES = ("none", "layer", "channel", "element")
 PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
+PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 
 
 class ConfigError(ValueError):
@@ -174,6 +175,10 @@ class TrainConfig:
   output_dir: str = "runs/default"
   eval_noise_draws: int = 3
   seed: int = 0
+  # bfloat16 suits CPUs with AVX512_BF16 and TPUs; float16 (with loss
+  # scaling) suits GPUs. Variables, noise statistics and logits stay float32.
+  mixed_precision: str = "none"
+  jit_compile: bool = False
 
   def validate(self):
     """Raises ConfigError naming the first flag that breaks a rule."""
@@ -183,6 +188,9 @@ class TrainConfig:
     self.loss.validate()
     self.optimizer.validate()
     self.prune.validate(self.optimizer.epochs)
+    _require(self.mixed_precision in PRECISIONS,
+             f"--mixed_precision must be one of {', '.join(PRECISIONS)}, got "
+             f"{self.mixed_precision!r}")
     _require(self.eval_noise_draws >= 1,
              f"--eval_noise_draws must be >= 1, got {self.eval_noise_draws}")
     if self.prune.schedule == "none":

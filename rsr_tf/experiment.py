@@ -57,7 +57,7 @@ def _fit(config, backbone, optimizer, train_ds, eval_ds, phase, first_epoch,
       backbone, config.attack, config.loss,
       adversarial_active=(adversarial_start is not None
                           and first_epoch >= adversarial_start))
-  trainer.compile(optimizer=optimizer)
+  trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
   callbacks, throughput = _callbacks(config, trainer, phase, images_per_epoch,
                                      adversarial_start)
   history = trainer.fit(train_ds, validation_data=eval_ds, epochs=last_epoch,
@@ -96,10 +96,15 @@ def run(config, argv=None):
   penalty = regularizers.KernelPenalty(config.loss.lambda_l1,
                                        config.loss.lambda_group,
                                        config.loss.weight_decay)
-  backbone = models.build(config.model.name, data.num_classes,
-                          noise=config.model.noise,
-                          alpha_init=config.model.alpha_init,
-                          kernel_regularizer=penalty, mean=mean, std=std)
+  def build():
+    return models.build(config.model.name, data.num_classes,
+                        noise=config.model.noise,
+                        alpha_init=config.model.alpha_init,
+                        kernel_regularizer=penalty, mean=mean, std=std)
+
+  keras.mixed_precision.set_global_policy(
+      "float32" if config.mixed_precision == "none" else config.mixed_precision)
+  backbone = build()
   _log(f"model: {config.model.name}, {backbone.count_params():,} parameters, "
        f"noise={config.model.noise}")
 
@@ -143,6 +148,13 @@ def run(config, argv=None):
       history.setdefault(key, []).extend(values)
 
   final = pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone
+  if config.mixed_precision != "none":
+    # Deployments get a float32 model: mixed policies keep float32 variables,
+    # so the same weights load into a float32 build of the same network.
+    keras.mixed_precision.set_global_policy("float32")
+    float32_model = build()
+    float32_model.set_weights(final.get_weights())
+    final = float32_model
   sparsity = pruning.measured_sparsity(final)
   _log(f"evaluating on {len(data.test.labels)} held-out images, "
        f"{config.eval_noise_draws} noise draws")

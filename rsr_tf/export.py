@@ -463,6 +463,13 @@ def _tflite_artifact(model, fmt, path, config, noisy, representative,
   }
   if runner.fallback_reason:
     row["op_resolver_fallback_reason"] = runner.fallback_reason
+  seeds = litert.random_seeds(content)
+  if seeds:
+    row["random_op_seeds"] = [list(pair) for pair in seeds]
+    if seeds != [(0, 0)]:
+      notes.append("the random ops have fixed seeds (a global TensorFlow "
+                   "seed was set while exporting): every interpreter draws "
+                   "the same noise sequence")
   return row, lambda x: runner.predict(x, config.batch_size), notes
 
 

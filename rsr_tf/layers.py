@@ -50,7 +50,10 @@ class _WeightNoise:
         shape=_alpha_shape(self.noise, self.kernel.shape),
         initializer=keras.initializers.Constant(self.alpha_init),
         trainable=True,
-        dtype=self.dtype)  # float32 even under mixed precision
+        dtype=self.dtype,  # the variable dtype: float32 under mixed policies
+        # Read as float32 too: the noise scale is a small learned number that
+        # bfloat16's 8-bit mantissa would quantise.
+        experimental_autocast=False)
 
   def noisy_kernel(self, kernel):
     """Returns the kernel with fresh noise, or `kernel` itself when off."""

@@ -180,6 +180,21 @@ def _zero_count(values, tensor, shape):
   return int(np.count_nonzero(dense == zero_points.reshape(axis_shape)))
 
 
+def random_seeds(content):
+  """Sorted distinct (seed, seed2) pairs of the model's random ops.
+
+  (0, 0) means LiteRT seeds each interpreter from the system's entropy, so
+  two deployments draw different noise; any other pair repeats one sequence.
+  """
+  model = _read_model(content)
+  seeds = set()
+  for graph in model.subgraphs:
+    for op in graph.operators or []:
+      if isinstance(op.builtinOptions, schema.RandomOptionsT):
+        seeds.add((int(op.builtinOptions.seed), int(op.builtinOptions.seed2)))
+  return sorted(seeds)
+
+
 def output_step(content):
   """Logit resolution of a model whose float output is dequantised int8.
 

@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from rsr_tf import attacks
 from rsr_tf import layers as rsr_layers
+from rsr_tf import pruning
 
 
 def _cross_entropy(labels, logits):
@@ -42,7 +43,11 @@ class RSRTrainer(keras.Model):
     self.attack = attack
     self.loss_config = loss
     self.adversarial_active = bool(adversarial_active)
-    self._attack_fn = attacks.inference_fn(backbone)
+    # Attack passes use the unwrapped layers, which hold the same variables:
+    # tfmot's wrapper would re-assign weights * mask on every PGD step, and
+    # the clean pass of the same train step has already applied the mask.
+    self._attack_fn = attacks.inference_fn(
+        pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone)
     noisy = rsr_layers.noisy_layers(backbone)
     self._kernels = [layer.kernel for layer in noisy]
     self._alphas = [layer.alpha for layer in noisy if layer.alpha is not None]
@@ -82,8 +87,13 @@ class RSRTrainer(keras.Model):
       penalty = (tf.add_n(self.backbone.losses) if self.backbone.losses
                  else tf.constant(0.0))
       loss = data_loss + penalty
+      scaled = loss
+      if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer):
+        scaled = self.optimizer.get_scaled_loss(loss)  # float16 gradients
     variables = self.backbone.trainable_variables
-    grads = tape.gradient(loss, variables)
+    grads = tape.gradient(scaled, variables)
+    if scaled is not loss:
+      grads = self.optimizer.get_unscaled_gradients(grads)
     # Before the update: tfmot re-masks pruned weights on the next call, so
     # this reads the weights the forward passes actually used.
     self._update_weight_stats()

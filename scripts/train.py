@@ -90,6 +90,11 @@ def define_flags():
   # Run.
   flags.DEFINE_string("output_dir", "runs/default", "Where model.keras, "
                       "metrics.json, checkpoints and TensorBoard logs go.")
+  flags.DEFINE_enum("mixed_precision", "none", list(config_lib.PRECISIONS),
+                    "Keras mixed-precision policy for training: mixed_bfloat16 "
+                    "for CPUs with AVX512_BF16 and TPUs, mixed_float16 (loss "
+                    "scaling) for GPUs. The saved model is float32.")
+  flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
   flags.DEFINE_integer("eval_noise_draws", 3, "Independent noisy passes per "
                        "final accuracy.", lower_bound=1)
 
@@ -131,6 +136,8 @@ def config_from_flags():
       output_dir=FLAGS.output_dir,
       eval_noise_draws=FLAGS.eval_noise_draws,
       seed=FLAGS.seed,
+      mixed_precision=FLAGS.mixed_precision,
+      jit_compile=FLAGS.jit_compile,
   ).validate()
 
 

@@ -29,3 +29,14 @@ def test_normalisation_is_inside_the_model():
   normalize = model.get_layer("normalize")
   out = normalize(tf.fill((1, 2, 2, 3), 0.75))
   assert abs(float(tf.reduce_mean(out)) - 1.0) < 1e-5
+
+
+def test_logits_stay_float32_under_mixed_precision():
+  import tf_keras as keras
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = models.build("resnet20")
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert model.output.dtype == tf.float32
+  assert model.get_layer("stem_conv").compute_dtype == "bfloat16"

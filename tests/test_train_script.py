@@ -56,7 +56,8 @@ def test_tiny_end_to_end_run_writes_measured_outputs(tmp_path):
   result = _run("--embedded_sample", "--train_limit=128", "--eval_limit=64",
                 "--batch_size=64", "--epochs=1", "--finetune_epochs=1",
                 "--pgd_steps=2", "--eps_step=4", "--target_sparsity=0.6",
-                "--eval_noise_draws=2", f"--output_dir={out}", timeout=400)
+                "--eval_noise_draws=2", "--mixed_precision=mixed_bfloat16",
+                f"--output_dir={out}", timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["sparsity"]["overall"] == pytest.approx(0.6, abs=0.01)
@@ -74,5 +75,7 @@ def test_tiny_end_to_end_run_writes_measured_outputs(tmp_path):
 
   from rsr_tf import models, pruning
   model = models.load(str(out / "model.keras"))
+  assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}, \
+      "trained in bfloat16, saved in float32"
   assert pruning.measured_sparsity(model)["overall"] == pytest.approx(
       metrics["sparsity"]["overall"])

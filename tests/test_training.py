@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from helpers import colour_data, tiny_model
 from rsr_tf import config as config_lib
@@ -81,3 +82,19 @@ def test_test_step_reports_clean_accuracy():
   trainer = _trainer(tiny_model())
   result = trainer.evaluate(_dataset(), verbose=0, return_dict=True)
   assert set(result) == {"clean_loss", "clean_accuracy"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_alphas(policy):
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    model = tiny_model(kernel_regularizer=regularizers.KernelPenalty(1e-4))
+    trainer = _trainer(model)
+    history = trainer.fit(_dataset(), epochs=6, verbose=0).history
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert all(a.dtype == tf.float32 for a in rsr_layers.alphas(model))
+  assert np.all(np.isfinite(history["loss"]))
+  assert history["loss"][-1] < history["loss"][0]
+  if policy == "mixed_float16":
+    assert isinstance(trainer.optimizer, keras.mixed_precision.LossScaleOptimizer)
