@@ -149,7 +149,7 @@ def load_classifier(path, batch_size=128, num_threads=None):
       model = litert.Model(model_path=path, num_threads=num_threads)
     except (RuntimeError, ValueError) as e:
       raise ExportError(f"cannot load TFLite model {path}: "
-                        f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+                        f"{litert.first_line(e)}") from e
 
     def classify(images):
       return model.predict(np.asarray(images, np.float32), batch_size)
@@ -235,7 +235,7 @@ def _converter(model):
 
 def _noise_nodes(content):
   """Output names of the ops in the PNI noise path of a TFLite model."""
-  model = litert._read_model(content)  # pylint: disable=protected-access
+  model = litert.read_model(content)
   names = set()
   for graph in model.subgraphs:
     for op in graph.operators or []:
@@ -262,7 +262,7 @@ def _convert_tflite(model, fmt, sparse, representative, noisy):
     return _convert_tflite_split(model, fmt, sparse, representative)
   except Exception as e:  # the converter's own error types are private
     raise ExportError(f"{fmt}: conversion failed: "
-                      f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+                      f"{litert.first_line(e)}") from e
   finally:
     rsr_layers.set_noise_split(model, False)
 
@@ -423,7 +423,7 @@ def _saved_model_artifact(model, path, config, one_image):
     _write_saved_model(model, path)
   except (ValueError, TypeError, tf.errors.OpError) as e:
     raise ExportError(f"saved_model: cannot save: "
-                      f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+                      f"{litert.first_line(e)}") from e
   serve = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
   row = {
       "file": os.path.basename(path), "runtime": "TensorFlow",
@@ -451,7 +451,7 @@ def _tflite_artifact(model, fmt, path, config, noisy, representative,
                                  num_threads=config.num_threads)
   except (RuntimeError, ValueError) as e:
     raise ExportError(f"{fmt}: LiteRT cannot run the converted file: "
-                      f"{litert._first_line(e)}") from e  # pylint: disable=protected-access
+                      f"{litert.first_line(e)}") from e
   row = {
       "file": os.path.basename(path), "runtime": "LiteRT",
       "op_resolver": runner.op_resolver,

@@ -66,7 +66,7 @@ class Model:
       except (RuntimeError, ValueError):
         raise e from None
       self.op_resolver = FALLBACK_RESOLVER
-      self.fallback_reason = _first_line(e)
+      self.fallback_reason = first_line(e)
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
     self._batch = int(self._input["shape"][0])
@@ -116,18 +116,20 @@ class Model:
     return statistics.median(times)
 
 
-def _first_line(error):
+def first_line(error):
+  """The first line of an error's message (LiteRT's run on for pages)."""
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def _read_model(content):
+def read_model(content):
+  """A `.tflite` model's bytes as the flatbuffer schema's object tree."""
   return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
 
 
 def op_counts(content):
   """{builtin op name: count} over every subgraph of a `.tflite` model."""
-  model = _read_model(content)
+  model = read_model(content)
   counts = {}
   for graph in model.subgraphs:
     for op in graph.operators or []:
@@ -186,7 +188,7 @@ def random_seeds(content):
   (0, 0) means LiteRT seeds each interpreter from the system's entropy, so
   two deployments draw different noise; any other pair repeats one sequence.
   """
-  model = _read_model(content)
+  model = read_model(content)
   seeds = set()
   for graph in model.subgraphs:
     for op in graph.operators or []:
@@ -202,7 +204,7 @@ def output_step(content):
     The quantisation scale of the tensor that the output DEQUANTIZE reads
     (one step of the int8 logits), or None when the output is not dequantised.
   """
-  model = _read_model(content)
+  model = read_model(content)
   graph = model.subgraphs[0]
   output = int(graph.outputs[0])
   for op in graph.operators or []:
@@ -233,7 +235,7 @@ def weight_sparsity(content):
      plus sparse index arrays), "sparse_encoded_tensors", "dynamic_filters",
      "per_tensor": [{"name", "shape", "dtype", "sparsity", "sparse_encoded"}]}.
   """
-  model = _read_model(content)
+  model = read_model(content)
   zeros = total = stored = encoded = dynamic = 0
   per_tensor = []
   for graph in model.subgraphs:

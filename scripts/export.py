@@ -1,4 +1,4 @@
-"""Export a trained model to SavedModel and TFLite (float, dynamic-range, int8), verified.
+r"""Export a trained model to SavedModel and TFLite (float, dynamic-range, int8), verified.
 
 Example:
   python scripts/export.py --model=/tmp/run/model.keras --output_dir=/tmp/export \

@@ -263,3 +263,16 @@ def test_rejects_data_with_another_number_of_classes(model_path, tmp_path):
                       class_names=tuple(map(str, range(10))), source="ten")
   with pytest.raises(export_lib.ExportError, match="3 classes"):
     export_lib.export(model_path, str(tmp_path / "out"), ten, _config())
+
+
+def test_a_passing_export_replaces_an_earlier_one(model_path, dataset,
+                                                  tmp_path):
+  out = tmp_path / "export"
+  config = _config(formats=("tflite_float",), noise=False)
+  first = export_lib.export(model_path, str(out), dataset, config)
+  (out / "stale.txt").write_text("from the first export")
+  second = export_lib.export(model_path, str(out), dataset, config)
+  assert first["passed"] and second["passed"]
+  assert sorted(os.listdir(out)) == ["export.json", "labels.txt",
+                                     "model_float.tflite"]
+  assert os.listdir(tmp_path) == ["export"]
