@@ -111,7 +111,10 @@ def prune(model, schedules):
     schedule = schedules.get(layer.name) if isinstance(schedules, dict) else schedules
     if schedule is None:
       return layer
-    return _sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
+    # The wrapper takes the layer's own dtype policy: under a mixed policy a
+    # float32 layer (the logits) would otherwise get a bfloat16 mask op.
+    return _sparsity.prune_low_magnitude(layer, pruning_schedule=schedule,
+                                         dtype=layer.dtype_policy)
 
   return keras.models.clone_model(model, clone_function=wrap)
 
