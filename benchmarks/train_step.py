@@ -46,6 +46,9 @@ def define_flags():
                               "rsr_pruned", "data"], "Which steps to time.")
   flags.DEFINE_string("image_folder", None, "Image folder for the data-pipeline "
                       "timing (default: the embedded sample).")
+  flags.DEFINE_bool("torch_baseline", False, "Also time the eager PyTorch PNI "
+                    "step (benchmarks/torch_pni_step.py; needs torch), fp32 and "
+                    "bf16 autocast, in this same run.")
   flags.DEFINE_string("output", None, "Write the results as JSON here.")
 
 
@@ -79,6 +82,29 @@ def _time(fn, warmup, repeats, steps_per_repeat):
       fn()
     seconds.append((time.perf_counter() - start) / steps_per_repeat)
   return seconds
+
+
+def _torch_baseline(batch):
+  """Runs torch_pni_step.py in a subprocess (fp32, then bf16 autocast)."""
+  import subprocess  # noqa: E402
+  import tempfile  # noqa: E402
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "torch_pni_step.py")
+  found = {}
+  for extra in ([], ["--bf16"]):
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+      print(f"timing torch {' '.join(extra) or 'fp32'} ...", file=sys.stderr,
+            flush=True)
+      result = subprocess.run([sys.executable, script, f"--batch={batch}",
+                               f"--repeats={FLAGS.repeats}",
+                               f"--steps_per_repeat={FLAGS.steps_per_repeat}",
+                               f"--output={out.name}", *extra],
+                              capture_output=True, text=True)
+      if result.returncode:
+        _cli.fail("the PyTorch baseline failed (pip install torch==2.13.0?): "
+                  + (result.stderr.strip().splitlines() or ["?"])[-1])
+      found.update(json.load(open(out.name)))
+  return found
 
 
 def main(argv):
@@ -178,16 +204,23 @@ def main(argv):
         "effective_gflops": flops * _passes(name, k) * b / median / 1e9,
     }
 
+  if FLAGS.torch_baseline:
+    results.update(_torch_baseline(b))
   base = results.get("bare_adv", {}).get("images_per_second")
-  header = (f"{'step':<12} {'images/s':>10} {'x bare_adv':>11} {'GFLOP/s':>9}"
+  header = (f"{'step':<18} {'images/s':>10} {'x bare_adv':>11} {'GFLOP/s':>9}"
             f"   ({FLAGS.model}, batch {b}, PGD-{k}, {FLAGS.mixed_precision}, "
             f"jit_compile={FLAGS.jit_compile})")
   print(header)
   print("-" * len(header))
   for name, r in results.items():
     ratio = f"{r['images_per_second'] / base:.2f}" if base else "n/a"
-    print(f"{name:<12} {r['images_per_second']:>10.1f} {ratio:>11} "
-          f"{r['effective_gflops']:>9.1f}")
+    gflops = r.get("effective_gflops")
+    print(f"{name:<18} {r['images_per_second']:>10.1f} {ratio:>11} "
+          f"{'' if gflops is None else f'{gflops:.1f}':>9}")
+  for torch_name in ("torch_eager_fp32", "torch_eager_bf16"):
+    if torch_name in results and "rsr_dense" in results:
+      print(f"rsr_dense / {torch_name}: "
+            f"{results['rsr_dense']['images_per_second'] / results[torch_name]['images_per_second']:.2f}")
   report = {"results": results, "forward_gflop_per_image": flops / 1e9,
             "settings": {"model": FLAGS.model, "batch": b, "pgd_steps": k,
                          "mixed_precision": FLAGS.mixed_precision,

@@ -8,7 +8,6 @@ model) as a function from [0, 1] images to logits.
 
 import dataclasses
 import gzip
-import hashlib
 import math
 import os
 import shutil
@@ -94,27 +93,6 @@ class ExportConfig:
       raise ExportError(f"--min_agreement must be in [0, 1], got "
                         f"{self.min_agreement}")
     return self
-
-
-def file_sha256(path):
-  """sha256 of a file; of a folder, over its relative paths and contents."""
-  digest = hashlib.sha256()
-  if os.path.isdir(path):
-    for root, dirs, files in os.walk(path):
-      dirs.sort()
-      for name in sorted(files):
-        full = os.path.join(root, name)
-        digest.update(os.path.relpath(full, path).encode() + b"\0")
-        _hash_file(full, digest)
-    return digest.hexdigest()
-  _hash_file(path, digest)
-  return digest.hexdigest()
-
-
-def _hash_file(path, digest):
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
 
 
 def load_classifier(path, batch_size=128, num_threads=None):
@@ -620,7 +598,7 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
       if fmt == "tflite_float" and not config.sparse:
         dense_float = _sizes(path)
     row["bytes"], row["gzip_bytes"] = _sizes(path)
-    row["sha256"] = file_sha256(path)
+    row["sha256"] = outputs.sha256_of(path)
     results, fmt_checks = _verify(fmt, classify, reference, images, labels,
                                   config, noisy, row.pop("_logit_step", None))
     row.update(results)
@@ -679,7 +657,7 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
       "size_target": size_target,
       "notes": notes,
       "model": {"path": os.path.abspath(model_path),
-                "sha256": file_sha256(model_path),
+                "sha256": outputs.sha256_of(model_path),
                 "noise_modes": sorted({layer.noise for layer in
                                        rsr_layers.noisy_layers(model)})},
       "data": {"source": dataset.source,

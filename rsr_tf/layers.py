@@ -59,13 +59,7 @@ class _WeightNoise:
     """Returns the kernel with fresh noise, or `kernel` itself when off."""
     if self.alpha is None or not self.noise_enabled:
       return kernel
-    kernel32 = tf.cast(kernel, tf.float32)
-    std = tf.stop_gradient(tf.math.reduce_std(kernel32))
-    eta = tf.random.normal(tf.shape(kernel32), dtype=tf.float32) * std
-    # Pruned weights are removed from the network, so they get no noise either:
-    # the deployed sparse model stays sparse.
-    eta = tf.stop_gradient(eta * tf.cast(tf.not_equal(kernel32, 0.0), tf.float32))
-    return kernel + tf.cast(self.alpha * eta, kernel.dtype)
+    return kernel + self.noise_term(kernel)
 
   def noise_term(self, kernel):
     """The random part of `noisy_kernel` alone: alpha * eta * (kernel != 0).
@@ -78,8 +72,9 @@ class _WeightNoise:
       std = tf.stop_gradient(tf.math.reduce_std(kernel32))
       eta = tf.stop_gradient(
           tf.random.normal(tf.shape(kernel32), dtype=tf.float32) * std)
-      # A select rather than a multiply by a cast mask: a converter folds the
-      # mask into a 1-byte bool constant instead of a float32 one.
+      # Pruned weights are removed from the network, so they get no noise
+      # either. A select rather than a multiply by a cast mask: a converter
+      # folds the mask into a 1-byte bool constant instead of a float32 one.
       noise = tf.where(tf.not_equal(kernel32, 0.0), self.alpha * eta,
                        tf.zeros_like(kernel32))
       return tf.cast(noise, kernel.dtype)

@@ -12,6 +12,7 @@ import tf_keras as keras
 
 import export_helpers
 from rsr_tf import export as export_lib
+from rsr_tf import outputs
 from rsr_tf import layers as rsr_layers
 from rsr_tf import litert
 from rsr_tf import pruning
@@ -75,7 +76,7 @@ def test_noise_off_round_trip_passes_every_parity_check(noise_off, model_path):
     assert all(c["passed"] for c in row["checks"])
   on_disk = json.loads((out / export_lib.REPORT_NAME).read_text())
   assert on_disk["passed"] and on_disk["written_to"] == str(out)
-  assert on_disk["model"]["sha256"] == export_lib.file_sha256(model_path)
+  assert on_disk["model"]["sha256"] == outputs.sha256_of(model_path)
   assert on_disk["provenance"]["command"] == "python export.py --noise=off"
   assert on_disk["data"]["source"] == "synthetic:colour"
   assert (out / "labels.txt").read_text().split() == ["colour0", "colour1",

@@ -90,3 +90,20 @@ def test_measured_sparsity_counts_zeros():
 def test_target_outside_range_is_rejected():
   with pytest.raises(ValueError, match="target_sparsity"):
     pruning.global_magnitude_sparsities(tiny_model(), 1.0)
+
+
+def test_attacking_the_stripped_view_equals_attacking_the_wrapped_model():
+  """The trainer's attack skips tfmot's wrappers; same variables, same result."""
+  from rsr_tf import attacks
+  pruned = pruning.prune(tiny_model(), pruning.constant_schedules(
+      pruning.global_magnitude_sparsities(tiny_model(), 0.5), 100))
+  _fit(pruned)  # masks computed and applied
+  view = pruning.strip(pruned)
+  x, y = colour_data(16)
+  results = []
+  for model in (pruned, view):
+    tf.random.set_seed(3)
+    results.append(attacks.pgd(attacks.inference_fn(model), tf.constant(x), y,
+                               eps=8 / 255, step_size=2 / 255, steps=3).numpy())
+  np.testing.assert_array_equal(results[0], results[1])
+  assert view.layers[1].kernel is rsr_layers.noisy_layers(pruned)[0].kernel
