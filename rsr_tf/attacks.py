@@ -35,11 +35,16 @@ def _check_static(eps, step_size=None, steps=None):
     raise ValueError(f"steps must be an int >= 1, got {steps!r}")
 
 
-def _check_pixels(x):
-  return [tf.debugging.assert_greater_equal(x, tf.cast(0, x.dtype),
-                                            message="attack input below 0"),
-          tf.debugging.assert_less_equal(x, tf.cast(1, x.dtype),
-                                         message="attack input above 1")]
+def _checked_input(x, eps, step_size=None, steps=None):
+  """Validates the static arguments, and in-graph that x holds pixels in [0, 1]."""
+  _check_static(eps, step_size, steps)
+  x = tf.convert_to_tensor(x)
+  with tf.control_dependencies([
+      tf.debugging.assert_greater_equal(x, tf.cast(0, x.dtype),
+                                        message="attack input below 0"),
+      tf.debugging.assert_less_equal(x, tf.cast(1, x.dtype),
+                                     message="attack input above 1")]):
+    return tf.identity(x)
 
 
 def fgsm(model_fn, x, y, eps):
@@ -54,9 +59,7 @@ def fgsm(model_fn, x, y, eps):
   Returns:
     Adversarial images in [0, 1], within eps of `x`.
   """
-  _check_static(eps)
-  with tf.control_dependencies(_check_pixels(x)):
-    x = tf.identity(x)
+  x = _checked_input(x, eps)
   if eps == 0.0:
     return x
   return fast_gradient_method(model_fn, x, eps, np.inf, clip_min=0.0,
@@ -79,9 +82,7 @@ def pgd(model_fn, x, y, eps, step_size, steps, rand_init=True):
   Returns:
     Adversarial images in [0, 1], within eps of `x`.
   """
-  _check_static(eps, step_size, steps)
-  with tf.control_dependencies(_check_pixels(x)):
-    x = tf.identity(x)
+  x = _checked_input(x, eps, step_size, steps)
   if eps == 0.0:
     return x
   return projected_gradient_descent(
@@ -94,9 +95,7 @@ def mim(model_fn, x, y, eps, step_size, steps, decay=1.0):
 
   Arguments as `pgd`; `decay` is the momentum factor mu.
   """
-  _check_static(eps, step_size, steps)
-  with tf.control_dependencies(_check_pixels(x)):
-    x = tf.identity(x)
+  x = _checked_input(x, eps, step_size, steps)
   if eps == 0.0:
     return x
   return momentum_iterative_method(
@@ -131,9 +130,7 @@ def eot_pgd(model_fn, x, y, eps, step_size, steps, eot_samples, rand_init=True):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.tile(labels, [eot_samples]), logits=logits)
 
-  _check_static(eps, step_size, steps)
-  with tf.control_dependencies(_check_pixels(x)):
-    x = tf.identity(x)
+  x = _checked_input(x, eps, step_size, steps)
   if eps == 0.0:
     return x
   return projected_gradient_descent(

@@ -42,11 +42,15 @@ def quiet_tensorflow_startup():
     os.close(saved)
 
 
-def define_data_flags(eval_limit=0, training=True):
+def define_data_flags(train_limit=0, eval_limit=0, training=True, augment=True):
   """The data flags every script shares, so one data source means one spelling.
 
-  With `training` False the flags that only shape the training split
-  (--train_limit, --augment) are left out.
+  Args:
+    train_limit: default of --train_limit.
+    eval_limit: default of --eval_limit.
+    training: False leaves out --train_limit and --augment (the script reads
+      only held-out data).
+    augment: False leaves out --augment (nothing is trained).
   """
   flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
   flags.DEFINE_string("image_folder", None,
@@ -57,12 +61,12 @@ def define_data_flags(eval_limit=0, training=True):
                     "package (offline).")
   flags.DEFINE_string("data_dir", None, "tfds data_dir.")
   if training:
-    flags.DEFINE_integer("train_limit", 0, "First N training examples, class-"
-                         "balanced (0: all).", lower_bound=0)
+    flags.DEFINE_integer("train_limit", train_limit, "First N training "
+                         "examples, class-balanced (0: all).", lower_bound=0)
   flags.DEFINE_integer("eval_limit", eval_limit, "First N eval examples, "
                        "class-balanced (0: all).", lower_bound=0)
   flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-  if training:
+  if training and augment:
     flags.DEFINE_bool("augment", True, "Pad-4 random crop and horizontal flip.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
 

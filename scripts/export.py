@@ -11,6 +11,7 @@ fails the exit status is 1, OUTPUT_DIR is left as it was, and the build goes
 to OUTPUT_DIR.failed for inspection.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -44,21 +45,8 @@ def define_flags():
                     "with bit-stable outputs.")
   # Data: the same flags as scripts/train.py. The training split is the int8
   # representative set, the test split the verification images.
-  flags.DEFINE_string("dataset", "cifar10", "tfds dataset name (default source).")
-  flags.DEFINE_string("image_folder", None,
-                      "Local copy laid out as DIR/train/<class>/, DIR/test/<class>/; "
-                      "used instead of tfds.")
-  flags.DEFINE_bool("embedded_sample", False,
-                    "Use the 2,000/500-image CIFAR-10 sample shipped in the "
-                    "package (offline).")
-  flags.DEFINE_string("data_dir", None, "tfds data_dir.")
-  flags.DEFINE_integer("train_limit", 500, "Training images for the int8 "
-                       "representative set, class-balanced (0: all).",
-                       lower_bound=0)
-  flags.DEFINE_integer("eval_limit", 500, "Held-out images for verification, "
-                       "class-balanced (0: all).", lower_bound=0)
-  flags.DEFINE_integer("batch_size", 128, "Images per invoke in verification; "
-                       "each invoke is one noise draw.", lower_bound=1)
+  _cli.define_data_flags(train_limit=500, eval_limit=500, augment=False)
+  flags.adopt_module_key_flags(_cli)
   # Verification.
   flags.DEFINE_integer("noise_draws", 5, "Passes over the verification images "
                        "per accuracy when the noise is on.", lower_bound=2)
@@ -75,12 +63,8 @@ def define_flags():
 
 
 def _data_config():
-  data = config_lib.DataConfig(
-      dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
-      embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
-      train_limit=FLAGS.train_limit, eval_limit=FLAGS.eval_limit,
-      # Nothing is trained: the batch rule of training does not apply here.
-      batch_size=1, augment=False)
+  # Nothing is trained: the batch rule of training does not apply here.
+  data = dataclasses.replace(_cli.data_config_from_flags(), batch_size=1)
   data.validate()
   return data
 
@@ -98,9 +82,7 @@ def _check_inputs():
     _cli.fail(f"--model {FLAGS.model!r} does not exist or is not a file")
   if not FLAGS.model.endswith(".keras"):
     _cli.fail(f"--model {FLAGS.model!r} must be a .keras file")
-  folder = FLAGS.image_folder
-  if folder and not os.path.isdir(folder):
-    _cli.fail(f"--image_folder {folder!r} does not exist or is not a directory")
+  _cli.check_image_folder(FLAGS.image_folder)
   try:
     return _data_config()
   except config_lib.ConfigError as e:
