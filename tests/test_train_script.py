@@ -79,3 +79,16 @@ def test_tiny_end_to_end_run_writes_measured_outputs(tmp_path):
       "trained in bfloat16, saved in float32"
   assert pruning.measured_sparsity(model)["overall"] == pytest.approx(
       metrics["sparsity"]["overall"])
+
+
+def test_polynomial_schedule_reaches_its_target_through_the_script(tmp_path):
+  out = tmp_path / "poly"
+  result = _run("--embedded_sample", "--train_limit=128", "--eval_limit=32",
+                "--batch_size=64", "--epochs=2", "--prune_schedule=polynomial",
+                "--finetune_epochs=0", "--target_sparsity=0.5", "--pgd_steps=1",
+                "--eps_step=8", "--eval_noise_draws=1", "--noaugment",
+                f"--output_dir={out}", timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
+  assert metrics["history"]["sparsity"][0] < metrics["history"]["sparsity"][-1]
