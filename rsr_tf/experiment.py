@@ -1,5 +1,8 @@
 """One RSR run end to end: data, model, training, pruning, evaluation, outputs."""
 
+import csv
+import io
+import json
 import os
 import sys
 import time
@@ -19,6 +22,10 @@ from rsr_tf import regularizers
 from rsr_tf import training
 
 
+class RunError(ValueError):
+  """The run cannot start as asked; the message is one line for the user."""
+
+
 def _log(message):
   print(message, file=sys.stderr, flush=True)
 
@@ -32,14 +39,15 @@ def _pruning_step_at(epoch, steps_per_epoch, adversarial_start):
   return calls
 
 
-def _callbacks(config, trainer, phase, images_per_epoch, adversarial_start):
+def _callbacks(config, trainer, checkpoint, images_per_epoch, adversarial_start):
   out = config.output_dir
   throughput = training.Throughput(images_per_epoch)
   callbacks = [
       throughput,
-      training.Checkpoint(os.path.join(out, "checkpoints", phase),
-                          trainer.backbone, trainer.optimizer),
+      # The log row is written before the checkpoint, so every checkpointed
+      # epoch has its row; rows past the checkpoint are cut on resume.
       keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+      checkpoint,
       keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
                                   write_graph=False, profile_batch=0),
   ]
@@ -53,17 +61,75 @@ def _callbacks(config, trainer, phase, images_per_epoch, adversarial_start):
 def _fit(config, backbone, optimizer, train_ds, eval_ds, phase, first_epoch,
          last_epoch, images_per_epoch):
   adversarial_start = config.adversarial_start_epoch()
-  trainer = training.RSRTrainer(
-      backbone, config.attack, config.loss,
-      adversarial_active=(adversarial_start is not None
-                          and first_epoch >= adversarial_start))
+  trainer = training.RSRTrainer(backbone, config.attack, config.loss)
   trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-  callbacks, throughput = _callbacks(config, trainer, phase, images_per_epoch,
-                                     adversarial_start)
-  history = trainer.fit(train_ds, validation_data=eval_ds, epochs=last_epoch,
-                        initial_epoch=first_epoch, callbacks=callbacks,
-                        verbose=2 if os.environ.get("CI") else 1)
-  return history.history, throughput.per_epoch()
+  checkpoint = training.Checkpoint(
+      os.path.join(config.output_dir, "checkpoints", phase), backbone,
+      trainer.optimizer)
+  start = max(first_epoch, checkpoint.restore())
+  if start >= last_epoch:
+    _log(f"{phase}: already complete in {checkpoint.manager.latest_checkpoint}")
+    return []
+  if start > first_epoch:
+    _log(f"{phase}: resuming after epoch {start} from "
+         f"{checkpoint.manager.latest_checkpoint}")
+  _truncate_history(os.path.join(config.output_dir, "history.csv"), start)
+  trainer.adversarial_active = (adversarial_start is not None
+                                and start >= adversarial_start)
+  callbacks, throughput = _callbacks(config, trainer, checkpoint,
+                                     images_per_epoch, adversarial_start)
+  trainer.fit(train_ds, validation_data=eval_ds, epochs=last_epoch,
+              initial_epoch=start, callbacks=callbacks,
+              verbose=2 if os.environ.get("CI") else 1)
+  return throughput.per_epoch()
+
+
+def _read_history(path):
+  """Per-epoch logs of every phase and every resumed process, from the CSV."""
+  history = {}
+  if not os.path.exists(path):
+    return history
+  with open(path) as f:
+    for row in csv.DictReader(f):
+      for key, value in row.items():
+        if key != "epoch":
+          history.setdefault(key, []).append(float(value) if value else float("nan"))
+  return history
+
+
+def _truncate_history(path, epochs):
+  """Keeps the log rows of the first `epochs` epochs (0-based `epoch` < epochs)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    return
+  kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+  if len(kept) != len(rows):
+    with io.StringIO() as buffer:
+      csv.writer(buffer, lineterminator="\n").writerows(kept)
+      outputs.write_text_atomic(path, buffer.getvalue())
+
+
+def _start_or_resume(config):
+  """Refuses to mix two configurations in one output folder.
+
+  A folder with checkpoints is resumed only by the same configuration; a
+  fresh run starts from a clean history.
+  """
+  out = config.output_dir
+  saved = os.path.join(out, "config.json")
+  has_checkpoints = os.path.isdir(os.path.join(out, "checkpoints"))
+  if has_checkpoints and os.path.exists(saved):
+    with open(saved) as f:
+      if json.load(f) != json.loads(config.to_json()):
+        raise RunError(
+            f"{out} holds checkpoints of a run with a different configuration "
+            f"(see {saved}); use another --output_dir or delete that one")
+  elif os.path.exists(os.path.join(out, "history.csv")):
+    os.remove(os.path.join(out, "history.csv"))
+  outputs.write_text_atomic(saved, config.to_json())
 
 
 def run(config, argv=None):
@@ -79,6 +145,7 @@ def run(config, argv=None):
   config.validate()
   out = config.output_dir
   outputs.check_writable(out)
+  _start_or_resume(config)
   started = time.perf_counter()
   keras.utils.set_random_seed(config.seed)
 
@@ -124,10 +191,9 @@ def run(config, argv=None):
        f"{'never' if adversarial_start is None else adversarial_start + 1}")
   schedule = training.step_decay(opt.learning_rate, opt.epochs, steps_per_epoch,
                                  opt.lr_milestones, opt.lr_gamma)
-  history, rate = _fit(config, backbone, training.sgd(schedule, opt.momentum),
-                       train_ds, eval_ds, "train", 0, opt.epochs,
-                       images_per_epoch)
-  rates = {"train": rate}
+  rates = {"train": _fit(config, backbone, training.sgd(schedule, opt.momentum),
+                         train_ds, eval_ds, "train", 0, opt.epochs,
+                         images_per_epoch)}
 
   layer_sparsity = None
   if prune.schedule == "oneshot":
@@ -140,12 +206,11 @@ def run(config, argv=None):
   if opt.finetune_epochs:
     _log(f"phase 2: fine-tune at the target sparsity, {opt.finetune_epochs} "
          f"epochs, lr {opt.finetune_lr}")
-    finetune_history, rates["finetune"] = _fit(
+    rates["finetune"] = _fit(
         config, backbone, training.sgd(opt.finetune_lr, opt.momentum), train_ds,
         eval_ds, "finetune", opt.epochs, opt.epochs + opt.finetune_epochs,
         images_per_epoch)
-    for key, values in finetune_history.items():
-      history.setdefault(key, []).extend(values)
+  history = _read_history(os.path.join(out, "history.csv"))
 
   final = pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone
   if config.mixed_precision != "none":
@@ -193,7 +258,6 @@ def run(config, argv=None):
       "provenance": outputs.provenance(argv),
   }
   outputs.save_model_atomic(final, os.path.join(out, "model.keras"))
-  outputs.write_text_atomic(os.path.join(out, "config.json"), config.to_json())
   outputs.write_json_atomic(os.path.join(out, "metrics.json"), metrics)
   plotting.training_curves(
       history, os.path.join(out, "training_curves.png"),

@@ -197,7 +197,11 @@ class Throughput(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-  """Keeps the latest backbone + optimizer state after every epoch."""
+  """Keeps the latest backbone + optimizer state after every epoch.
+
+  The model's variables include tfmot's masks and pruning step, so a
+  restored run carries on with the same sparsity schedule.
+  """
 
   def __init__(self, directory, backbone, optimizer, max_to_keep=2):
     super().__init__()
@@ -206,6 +210,14 @@ class Checkpoint(keras.callbacks.Callback):
                                            epoch=self.epoch)
     self.manager = tf.train.CheckpointManager(self._checkpoint, directory,
                                               max_to_keep=max_to_keep)
+
+  def restore(self):
+    """Loads the latest checkpoint, if any; returns the epochs it completed."""
+    if not self.manager.latest_checkpoint:
+      return 0
+    # Optimizer slots do not exist until the first step; TF fills them then.
+    self._checkpoint.restore(self.manager.latest_checkpoint)
+    return int(self.epoch.numpy())
 
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)

@@ -157,7 +157,7 @@ def main(argv):
   from rsr_tf import experiment  # noqa: E402
   try:
     experiment.run(config)
-  except data_lib.DataError as e:
+  except (data_lib.DataError, experiment.RunError) as e:
     _cli.fail(str(e))
 
 

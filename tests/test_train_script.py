@@ -92,3 +92,36 @@ def test_polynomial_schedule_reaches_its_target_through_the_script(tmp_path):
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
   assert metrics["history"]["sparsity"][0] < metrics["history"]["sparsity"][-1]
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
+  """SIGKILL after the first epoch's checkpoint; the same command carries on."""
+  import signal
+  import time
+  out = tmp_path / "resume"
+  args = [sys.executable, SCRIPT, "--embedded_sample", "--train_limit=128",
+          "--eval_limit=32", "--batch_size=64", "--epochs=6",
+          "--prune_schedule=none", "--pgd_steps=1", "--eps_step=8",
+          "--eval_noise_draws=1", f"--output_dir={out}"]
+  process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  index = out / "checkpoints" / "train" / "checkpoint"
+  deadline = time.time() + 300
+  while not index.exists() and time.time() < deadline and process.poll() is None:
+    time.sleep(0.1)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert index.exists(), "no checkpoint was written before the kill"
+
+  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "train: resuming after epoch" in result.stderr
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert len(metrics["history"]["loss"]) == 6, "every epoch once, across both runs"
+  assert len(metrics["training_images_per_second"]["train"]) < 6
+
+  changed = subprocess.run(args[:-1] + ["--lr=0.5", f"--output_dir={out}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert changed.returncode != 0
+  assert "different configuration" in changed.stderr.strip().splitlines()[-1]
