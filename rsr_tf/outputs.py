@@ -1,5 +1,6 @@
 """Run outputs: atomic writes and the provenance every result file carries."""
 
+import contextlib
 import datetime
 import json
 import os
@@ -24,18 +25,27 @@ def check_writable(directory):
                   f"{e.strerror or e}") from e
 
 
-def write_text_atomic(path, text):
-  """Writes via a temporary file in the same folder, then renames."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a temporary path beside `path`; renames it into place on success.
+
+  Whatever is written there replaces `path` whole or not at all: on an error
+  the temporary file is removed and `path` keeps its old content. The
+  temporary name keeps the extension, for writers that dispatch on it.
+  """
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    yield tmp
     os.replace(tmp, path)
-  except BaseException:
+  finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-    raise
+
+
+def write_text_atomic(path, text):
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
 
 
 def write_json_atomic(path, payload):
@@ -44,15 +54,8 @@ def write_json_atomic(path, payload):
 
 def save_model_atomic(model, path):
   """Saves a `.keras` file under a temporary name, then renames it."""
-  directory = os.path.dirname(os.path.abspath(path))
-  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-  try:
+  with atomic_path(path) as tmp:
     model.save(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def git_commit():

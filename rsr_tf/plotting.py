@@ -1,24 +1,20 @@
 """Figures a user would rather look at than read: training curves."""
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless machines, CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from rsr_tf import outputs  # noqa: E402
+
 
 def _save_atomic(figure, path):
-  directory, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
   try:
-    figure.savefig(tmp, dpi=120, bbox_inches="tight", format=name.rsplit(".", 1)[-1])
-    os.replace(tmp, path)
+    with outputs.atomic_path(path) as tmp:
+      figure.savefig(tmp, dpi=120, bbox_inches="tight")
   finally:
     plt.close(figure)
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def training_curves(history, path, finetune_from=None, title=""):
