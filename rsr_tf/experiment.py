@@ -42,7 +42,9 @@ def _pruning_step_at(epoch, steps_per_epoch, adversarial_start):
 def _callbacks(config, trainer, checkpoint, images_per_epoch, adversarial_start):
   out = config.output_dir
   throughput = training.Throughput(images_per_epoch)
+  stop = training.StopOnNaN()
   callbacks = [
+      stop,
       throughput,
       # The log row is written before the checkpoint, so every checkpointed
       # epoch has its row; rows past the checkpoint are cut on resume.
@@ -55,7 +57,7 @@ def _callbacks(config, trainer, checkpoint, images_per_epoch, adversarial_start)
     callbacks.insert(0, training.AdversarialStart(adversarial_start))
   if pruning.is_pruned(trainer.backbone):
     callbacks += pruning.callbacks()
-  return callbacks, throughput
+  return callbacks, throughput, stop
 
 
 def _fit(config, backbone, optimizer, train_ds, eval_ds, phase, first_epoch,
@@ -76,11 +78,13 @@ def _fit(config, backbone, optimizer, train_ds, eval_ds, phase, first_epoch,
   _truncate_history(os.path.join(config.output_dir, "history.csv"), start)
   trainer.adversarial_active = (adversarial_start is not None
                                 and start >= adversarial_start)
-  callbacks, throughput = _callbacks(config, trainer, checkpoint,
-                                     images_per_epoch, adversarial_start)
+  callbacks, throughput, stop = _callbacks(config, trainer, checkpoint,
+                                           images_per_epoch, adversarial_start)
   trainer.fit(train_ds, validation_data=eval_ds, epochs=last_epoch,
               initial_epoch=start, callbacks=callbacks,
               verbose=2 if os.environ.get("CI") else 1)
+  if stop.message:
+    raise RunError(f"{phase}: {stop.message}")
   return throughput.per_epoch()
 
 

@@ -1,5 +1,6 @@
 """The RSR trainer: a `train_step` with PGD, weight noise, lasso and pruning."""
 
+import math
 import time
 
 import rsr_tf  # noqa: F401
@@ -222,3 +223,33 @@ class Checkpoint(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)
     self.manager.save(checkpoint_number=epoch + 1)
+
+
+class StopOnNaN(keras.callbacks.Callback):
+  """Stops training at the first batch whose loss is not finite.
+
+  Keras's TerminateOnNaN only says that the loss went bad; this names the
+  term (clean, adversarial or penalty) so the user knows what to change.
+  After `fit`, `message` is None or one line describing where it stopped.
+  """
+
+  TERMS = ("clean_loss", "adv_loss", "penalty")
+
+  def __init__(self):
+    super().__init__()
+    self.message = None
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is None or math.isfinite(float(loss)):
+      return
+    bad = [t for t in self.TERMS if t in logs and not math.isfinite(float(logs[t]))]
+    self.message = (f"training stopped at epoch {self._epoch + 1}, batch "
+                    f"{batch + 1}: the loss is {float(loss)} because "
+                    f"{' and '.join(bad) or 'the total'} is not finite; lower "
+                    "--lr or the regularisation strengths")
+    self.model.stop_training = True

@@ -125,3 +125,15 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert changed.returncode != 0
   assert "different configuration" in changed.stderr.strip().splitlines()[-1]
+
+
+def test_a_diverging_run_exits_with_one_line_naming_the_term(tmp_path):
+  result = _run("--embedded_sample", "--train_limit=128", "--eval_limit=32",
+                "--batch_size=64", "--epochs=1", "--prune_schedule=none",
+                "--pgd_steps=1", "--eps_step=8", "--lr=1e30",
+                f"--output_dir={tmp_path / 'nan'}", timeout=300)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("train.py: error: train: training stopped at epoch 1")
+  assert "not finite" in last
+  assert not (tmp_path / "nan" / "model.keras").exists()

@@ -98,3 +98,13 @@ def test_mixed_precision_trains_with_float32_alphas(policy):
   assert history["loss"][-1] < history["loss"][0]
   if policy == "mixed_float16":
     assert isinstance(trainer.optimizer, keras.mixed_precision.LossScaleOptimizer)
+
+
+def test_a_diverging_run_stops_and_names_the_bad_term():
+  trainer = _trainer(tiny_model(kernel_regularizer=regularizers.KernelPenalty(1e-4)))
+  trainer.optimizer.learning_rate.assign(1e12)
+  stop = training.StopOnNaN()
+  history = trainer.fit(_dataset(n=320), epochs=3, verbose=0, callbacks=[stop]).history
+  assert stop.message is not None and "not finite" in stop.message
+  assert any(term in stop.message for term in ("clean_loss", "adv_loss", "penalty"))
+  assert len(history["loss"]) == 1, "stopped in the first epoch"
