@@ -35,6 +35,7 @@ class DataConfig:
   batch_size: int = 128
   augment: bool = True
   seed: int = 0
+  skip_bad_images: bool = False
 
   def validate(self):
     _require(self.batch_size >= 1,

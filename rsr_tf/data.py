@@ -95,7 +95,7 @@ def load(config) -> Dataset:
   """
   if config.image_folder:
     return load_image_folder(config.image_folder, config.train_limit,
-                             config.eval_limit)
+                             config.eval_limit, config.skip_bad_images)
   if config.embedded_sample:
     return load_embedded_sample(config.train_limit, config.eval_limit)
   return load_tfds(config.dataset, config.data_dir, config.train_limit,
@@ -168,8 +168,8 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # Image folder.
 
 
-def load_image_folder(root: str, train_limit: int = 0,
-                      eval_limit: int = 0) -> Dataset:
+def load_image_folder(root: str, train_limit: int = 0, eval_limit: int = 0,
+                      skip_bad_images: bool = False) -> Dataset:
   """Loads `root/train/<class>/*` and `root/test/<class>/*` image files.
 
   Class names are the sorted subfolder names and must be the same in both
@@ -181,12 +181,15 @@ def load_image_folder(root: str, train_limit: int = 0,
     root: Folder holding `train/` and `test/`.
     train_limit: Training examples to keep; 0 means all.
     eval_limit: Test examples to keep; 0 means all.
+    skip_bad_images: leave out files that do not decode as images (and say
+      how many) instead of stopping at the first with its path.
 
   Returns:
     The Dataset, with source "image_folder:<root>".
 
   Raises:
-    DataError: The layout is wrong or a class folder has no images.
+    DataError: The layout is wrong, a class folder has no images, or a file
+      does not decode and `skip_bad_images` is off.
   """
   if not os.path.isdir(root):
     raise DataError(f"image folder {root} does not exist or is not a "
@@ -199,9 +202,9 @@ def load_image_folder(root: str, train_limit: int = 0,
                     f"class folders: train {list(train_classes)} vs test "
                     f"{list(test_classes)}")
   train = _decode_files(os.path.join(root, "train"), "train", train_files,
-                        train_limit)
+                        train_limit, skip_bad_images)
   test = _decode_files(os.path.join(root, "test"), "test", test_files,
-                       eval_limit)
+                       eval_limit, skip_bad_images)
   return Dataset(train=train, test=test, class_names=train_classes,
                  source=f"image_folder:{root}")
 
@@ -232,22 +235,49 @@ def _list_split(root, split):
   return class_names, files
 
 
-def _decode_files(split_dir, split, files, limit):
+def _decode_files(split_dir, split, files, limit, skip_bad=False):
   """Decodes the `balanced_subset` of `files` into a Split."""
   labels = np.array([label for _, label in files], dtype=np.int64)
   keep = balanced_subset(labels, limit)
   paths = [files[i][0] for i in keep]
   start = time.perf_counter()
-  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
-  ds = ds.map(lambda p: _to_uint8_rgb32(_decode_any(tf.io.read_file(p))),
-              num_parallel_calls=tf.data.AUTOTUNE)
   # Printed only once TensorFlow is up, so its start-up log lines do not land
   # in the middle of this one.
   print(f"decoding {len(paths)} {split} images from {split_dir} ...",
         end="", file=sys.stderr, flush=True)
-  images = _collect(ds)
+  try:
+    images = _collect(_decoded(paths))
+  except tf.errors.InvalidArgumentError:
+    print(" a file does not decode; checking each", file=sys.stderr, flush=True)
+    bad = [i for i, path in enumerate(paths) if not _decodes(path)]
+    if not bad:
+      raise
+    if not skip_bad:
+      raise DataError(
+          f"{paths[bad[0]]} is not a readable image ({len(bad)} such files "
+          f"among the {len(paths)} {split} files used); remove them or pass "
+          "--skip_bad_images") from None
+    good = [i for i in range(len(paths)) if i not in set(bad)]
+    print(f"skipping {len(bad)} unreadable {split} files, e.g. {paths[bad[0]]}",
+          file=sys.stderr, flush=True)
+    keep = keep[good]
+    images = _collect(_decoded([paths[i] for i in good]))
   print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
   return Split(images=images, labels=labels[keep])
+
+
+def _decoded(paths):
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
+  return ds.map(lambda p: _to_uint8_rgb32(_decode_any(tf.io.read_file(p))),
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _decodes(path):
+  try:
+    _decode_any(tf.io.read_file(path))
+    return True
+  except tf.errors.InvalidArgumentError:
+    return False
 
 
 def _decode_any(contents):

@@ -60,6 +60,9 @@ def define_data_flags(train_limit=0, eval_limit=0, training=True, augment=True):
                     "Use the 2,000/500-image CIFAR-10 sample shipped in the "
                     "package (offline).")
   flags.DEFINE_string("data_dir", None, "tfds data_dir.")
+  flags.DEFINE_bool("skip_bad_images", False, "--image_folder: leave out files "
+                    "that do not decode (counted) instead of stopping at the "
+                    "first, named.")
   if training:
     flags.DEFINE_integer("train_limit", train_limit, "First N training "
                          "examples, class-balanced (0: all).", lower_bound=0)
@@ -83,7 +86,7 @@ def data_config_from_flags():
       embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
       train_limit=train_limit, eval_limit=FLAGS.eval_limit,
       batch_size=FLAGS.batch_size, augment=FLAGS.augment if "augment" in FLAGS
-      else False, seed=FLAGS.seed)
+      else False, seed=FLAGS.seed, skip_bad_images=FLAGS.skip_bad_images)
 
 
 def check_image_folder(folder):

@@ -391,3 +391,14 @@ def test_eval_pipeline_keeps_partial_batch_in_order():
   assert images.dtype == np.float32 and labels.dtype == np.int64
   np.testing.assert_array_equal(labels, np.arange(10))
   np.testing.assert_allclose(images, split.images / 255, atol=1e-6)
+
+
+def test_a_corrupt_image_is_named_or_skipped(tmp_path):
+  root = _make_folder(tmp_path)
+  corrupt = root / "train" / "dog" / "zz_broken.png"
+  corrupt.write_bytes(b"this is not a png")
+  with pytest.raises(data.DataError, match="zz_broken.png is not a readable image"):
+    data.load_image_folder(str(root))
+  ds = data.load_image_folder(str(root), skip_bad_images=True)
+  assert ds.train.images.shape == (12, 32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(ds.train.labels), [4, 4, 4])
