@@ -233,3 +233,20 @@ def test_evaluate_script_end_to_end(tmp_path):
   assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
   markdown = (out / "eval.md").read_text()
   assert "| PGD-2 |" in markdown and "Sanity checks" in markdown
+
+
+def test_a_tflite_target_gets_clean_and_black_box_attacks_only(tmp_path):
+  import export_helpers
+  model = export_helpers.tiny_model(num_classes=10)
+  path = tmp_path / "m.tflite"
+  path.write_bytes(export_helpers.tflite_bytes(model))
+  target = evaluation.load_classifier(str(path))
+  assert not target.differentiable and target.num_classes == 10
+  x, y = colour_data(8)
+  x = np.asarray(tf.image.resize(x, (32, 32)))
+  cfg = config_lib.EvalConfig(attacks=("clean", "pgd", "transfer"), noise_draws=2,
+                              batch_size=8)
+  suite = evaluation.run_suite(target, x, y, cfg,
+                               source=evaluation.from_keras(model))
+  assert set(suite["results"]) == {"clean", "transfer"}
+  assert "not differentiable" in suite["skipped"]["pgd"]
