@@ -27,7 +27,11 @@ class _WeightNoise:
   and d w_noisy / d w = 1.
   """
 
-  def _init_noise(self, noise, alpha_init, noise_enabled):
+  # Cooperative with the Keras layer after this mixin in the MRO: it takes
+  # the layer's own arguments, this the noise ones.
+  def __init__(self, *args, noise="channel", alpha_init=0.25,
+               noise_enabled=True, **kwargs):
+    super().__init__(*args, **kwargs)
     if noise not in NOISE_MODES:
       raise ValueError(
           f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
@@ -42,7 +46,8 @@ class _WeightNoise:
     self.noise_split = False
     self.alpha = None
 
-  def _build_alpha(self):
+  def build(self, input_shape):
+    super().build(input_shape)
     if self.noise == "none":
       return
     self.alpha = self.add_weight(
@@ -85,9 +90,9 @@ class _WeightNoise:
   def get_prunable_weights(self):
     return [self.kernel]
 
-  def _noise_config(self):
-    return {"noise": self.noise, "alpha_init": self.alpha_init,
-            "noise_enabled": self.noise_enabled}
+  def get_config(self):
+    return {**super().get_config(), "noise": self.noise,
+            "alpha_init": self.alpha_init, "noise_enabled": self.noise_enabled}
 
 
 @keras.saving.register_keras_serializable(package="rsr_tf")
@@ -103,15 +108,6 @@ class NoisyConv2D(_WeightNoise, keras.layers.Conv2D,
     **kwargs: forwarded to `keras.layers.Conv2D`.
   """
 
-  def __init__(self, *args, noise="channel", alpha_init=0.25,
-               noise_enabled=True, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._init_noise(noise, alpha_init, noise_enabled)
-
-  def build(self, input_shape):
-    super().build(input_shape)
-    self._build_alpha()
-
   def convolution_op(self, inputs, kernel):
     if self._split_active():
       # conv(x, w + n) == conv(x, w) + conv(x, n): w stays a constant filter.
@@ -120,23 +116,11 @@ class NoisyConv2D(_WeightNoise, keras.layers.Conv2D,
       return super().convolution_op(inputs, kernel) + noise_out
     return super().convolution_op(inputs, self.noisy_kernel(kernel))
 
-  def get_config(self):
-    return {**super().get_config(), **self._noise_config()}
-
 
 @keras.saving.register_keras_serializable(package="rsr_tf")
 class NoisyDense(_WeightNoise, keras.layers.Dense,
                  tfmot.sparsity.keras.PrunableLayer):
   """Dense layer with PNI-W noise on its kernel; arguments as `NoisyConv2D`."""
-
-  def __init__(self, *args, noise="channel", alpha_init=0.25,
-               noise_enabled=True, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._init_noise(noise, alpha_init, noise_enabled)
-
-  def build(self, input_shape):
-    super().build(input_shape)
-    self._build_alpha()
 
   def call(self, inputs):
     inputs = tf.cast(inputs, self.compute_dtype)
@@ -153,9 +137,6 @@ class NoisyDense(_WeightNoise, keras.layers.Dense,
     if self.activation is not None:
       outputs = self.activation(outputs)
     return outputs
-
-  def get_config(self):
-    return {**super().get_config(), **self._noise_config()}
 
 
 @keras.saving.register_keras_serializable(package="rsr_tf")
