@@ -1,0 +1,88 @@
+"""scripts/reproduce.py: one line for bad input, finished steps skipped, results collected."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "reproduce.py")
+
+
+def _run(*args, timeout=60):
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=ROOT)
+
+
+def _budget(tmp_path, variants, **extra):
+  """A budget folder of tiny flagfiles whose runs go under tmp_path/runs."""
+  for variant in variants:
+    folder = tmp_path / "configs" / "tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"--output_dir={tmp_path / 'runs' / variant}", *extra.get(variant, [])]
+    (folder / f"{variant}.flags").write_text("\n".join(lines) + "\n")
+  return [f"--configs_dir={tmp_path / 'configs'}", "--budget=tiny",
+          f"--variants={','.join(variants)}",
+          f"--results_dir={tmp_path / 'results'}"]
+
+
+def test_bad_input_gives_one_line(tmp_path):
+  for args, expected in ((["--budget=nope"], "no folder"),
+                         (["--variants=at,nope"], "no flagfile"),
+                         (["--steps=train,polish"], "unknown polish"),
+                         (["--image_folder=/nonexistent"], "/nonexistent")):
+    result = _run(*args)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert expected in result.stderr
+
+
+def test_finished_steps_are_skipped_and_results_collected(tmp_path):
+  args = _budget(tmp_path, ["at", "rsr_85"])
+  for variant in ("at", "rsr_85"):
+    run = tmp_path / "runs" / variant
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"variant": variant}))
+    (run / "eval" / "eval.json").write_text(json.dumps({"eval": variant}))
+    (run / "model.keras").write_bytes(variant.encode())
+  # Had either step not been skipped, it would fail on these fake files.
+  result = _run(*args)
+  assert result.returncode == 0, result.stderr
+  assert "at: trained" in result.stdout and "rsr_85: evaluated" in result.stdout
+  results = tmp_path / "results" / "tiny"
+  assert json.loads((results / "rsr_85" / "metrics.json").read_text()) == {
+      "variant": "rsr_85"}
+  assert json.loads((results / "at" / "eval.json").read_text()) == {"eval": "at"}
+  assert (tmp_path / "results" / "models" / "tiny" / "rsr_85.keras"
+          ).read_bytes() == b"rsr_85"
+
+
+def test_evaluate_needs_the_transfer_source(tmp_path):
+  args = _budget(tmp_path, ["rsr_85"])
+  run = tmp_path / "runs" / "rsr_85"
+  run.mkdir(parents=True)
+  (run / "metrics.json").write_text("{}")
+  result = _run(*args, "--steps=train,evaluate")
+  assert result.returncode != 0
+  assert "transfer source" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  _budget(tmp_path, ["at"])
+  result = _run(*args, "--steps=train,evaluate")
+  assert "train at first" in result.stderr, result.stderr
+
+
+def test_a_tiny_budget_trains_evaluates_and_collects(tmp_path):
+  tiny = ["--model=resnet20", "--train_limit=128", "--batch_size=64",
+          "--epochs=1", "--pgd_steps=1", "--eps_step=8", "--eval_noise_draws=1",
+          "--eval_limit=32"]
+  args = _budget(tmp_path, ["at"], at=tiny + ["--noise=none",
+                                              "--prune_schedule=none"])
+  result = _run(*args, "--embedded_sample", "--eval_limit=16", timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  report = json.loads((tmp_path / "results" / "tiny" / "at" / "eval.json")
+                      .read_text())
+  # The baseline is its own transfer source, so it gets no transfer attack.
+  assert "transfer" not in json.dumps(report.get("config", {}).get("attacks", ""))
+  assert (tmp_path / "results" / "models" / "tiny" / "at.keras").stat().st_size > 0
+  assert "$ python scripts/train.py" in (tmp_path / "runs" / "at" / "train.log"
+                                          ).read_text()
