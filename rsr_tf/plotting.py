@@ -1,4 +1,4 @@
-"""Figures a user would rather look at than read: training curves."""
+"""Figures a user would rather look at than read: training curves, robustness plots."""
 
 import matplotlib
 
@@ -85,4 +85,59 @@ def accuracy_vs_eps(sweep, path, clean=None, title=""):
   ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
   ax.grid(alpha=0.3)
   ax.legend()
+  _save_atomic(figure, path)
+
+
+def compare_accuracy_vs_eps(curves, path, title=""):
+  """PGD accuracy against eps for several models, one line each.
+
+  Args:
+    curves: {label: sweep}, each sweep as in `accuracy_vs_eps`.
+    path: the .png to write.
+    title: figure title.
+  """
+  figure, ax = plt.subplots(figsize=(7, 4.5))
+  ticks = set()
+  for label, sweep in curves.items():
+    eps = [p["eps"] * 255 for p in sweep]
+    ticks.update(eps)
+    ax.errorbar(eps, [100 * p["mean"] for p in sweep],
+                yerr=[100 * p["std"] for p in sweep], marker="o", capsize=3,
+                label=label)
+  ax.set_xscale("symlog", linthresh=1)
+  ax.set(xlabel="eps (/255, symlog scale)", ylabel="PGD accuracy (%)",
+         title=title or "accuracy against eps", ylim=(0, 100))
+  ax.set_xticks(sorted(ticks))
+  ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  _save_atomic(figure, path)
+
+
+def accuracy_vs_sparsity(panels, path, title=""):
+  """Accuracy against measured sparsity: one panel per attack, one line per model family.
+
+  Args:
+    panels: {panel title: {label: [(sparsity in [0, 1], entry with "mean"
+      and "std")]}}; a label keeps its colour across panels.
+    path: the .png to write.
+    title: figure title.
+  """
+  figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2),
+                              squeeze=False)
+  colours = {}
+  for ax, (panel, series) in zip(axes[0], panels.items()):
+    for label, points in series.items():
+      points = sorted(points, key=lambda p: p[0])
+      colour = colours.setdefault(label, f"C{len(colours)}")
+      ax.errorbar([100 * s for s, _ in points],
+                  [100 * e["mean"] for _, e in points],
+                  yerr=[100 * e["std"] for _, e in points], capsize=3,
+                  marker="o" if len(points) > 1 else "D", color=colour,
+                  label=label)
+    ax.set(xlabel="sparsity of the conv/dense kernels (%)",
+           ylabel="accuracy (%)", title=panel, xlim=(-5, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  figure.suptitle(title)
   _save_atomic(figure, path)

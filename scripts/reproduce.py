@@ -11,6 +11,8 @@ crash the same command is simply run again. Run from the repository root: the
 flagfiles name their output folders relative to it.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -131,18 +133,47 @@ def _copy(source, target):
   os.replace(temporary, target)
 
 
+def data_fingerprint(folder):
+  """sha256 over the sorted relative paths and bytes of every file in `folder`."""
+  digest = hashlib.sha256()
+  count = 0
+  for root, dirs, names in os.walk(folder):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      digest.update(os.path.relpath(path, folder).encode() + b"\0")
+      with open(path, "rb") as f:
+        digest.update(f.read())
+      count += 1
+  return {"folder": os.path.abspath(folder), "files": count,
+          "sha256": digest.hexdigest()}
+
+
+def _write_data_record():
+  """results/<budget>/data.json: which data the collected runs used."""
+  record = ({"source": "embedded_sample"} if FLAGS.embedded_sample else
+            {"source": "image_folder", **data_fingerprint(FLAGS.image_folder)}
+            if FLAGS.image_folder else {"source": "tfds:cifar10"})
+  path = os.path.join(FLAGS.results_dir, FLAGS.budget, "data.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
 def collect(variant):
   run_dir = _run_dir(variant)
   target = os.path.join(FLAGS.results_dir, FLAGS.budget, variant)
-  for name in ("metrics.json", "eval/eval.json", "eval/eval.md"):
-    if os.path.exists(os.path.join(run_dir, name)):
-      _copy(os.path.join(run_dir, name),
-            os.path.join(target, os.path.basename(name)))
-  if os.path.exists(os.path.join(run_dir, "model.keras")):
-    _copy(os.path.join(run_dir, "model.keras"),
-          os.path.join(FLAGS.results_dir, "models", FLAGS.budget,
-                       f"{variant}.keras"))
-  print(f"{variant}: collected into {target}")
+  copies = [(name, os.path.join(target, os.path.basename(name)))
+            for name in ("metrics.json", "eval/eval.json", "eval/eval.md")]
+  copies.append(("model.keras", os.path.join(
+      FLAGS.results_dir, "models", FLAGS.budget, f"{variant}.keras")))
+  copied = [(os.path.join(run_dir, name), to) for name, to in copies
+            if os.path.exists(os.path.join(run_dir, name))]
+  for source, to in copied:
+    _copy(source, to)
+  print(f"{variant}: collected {len(copied)} files into {target}" if copied
+        else f"{variant}: nothing to collect yet in {run_dir}")
 
 
 def main(argv):
@@ -160,6 +191,8 @@ def main(argv):
     _cli.fail(f"--steps: unknown {', '.join(sorted(unknown))}; choose from "
               f"{', '.join(STEPS)}")
   _cli.check_image_folder(FLAGS.image_folder)
+  if "collect" in FLAGS.steps:
+    _write_data_record()
   steps = {"train": train, "evaluate": evaluate, "collect": collect}
   for variant in FLAGS.variants:
     for step in STEPS:

@@ -1,0 +1,81 @@
+"""scripts/report.py: the document's verdicts and tables come from the JSON files."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "report.py")
+
+
+def _entry(mean, std=0.01, examples=1000, draws=5):
+  return {"mean": mean, "std": std, "examples": examples,
+          "per_draw": [mean] * draws}
+
+
+def _write_run(results, variant, sparsity, accuracies):
+  folder = results / "cpu" / variant
+  folder.mkdir(parents=True)
+  provenance = {"command": f"python scripts/train.py --flagfile={variant}",
+                "git_commit": "abc123", "date": "2026-11-25T00:00:00+00:00"}
+  (folder / "metrics.json").write_text(json.dumps({
+      "sparsity": {"overall": sparsity}, "provenance": provenance,
+      "data": {"source": "image_folder:/data", "train_examples": 50000,
+               "eval_examples": 10000}}))
+  sweep = [dict(_entry(a), eps=e / 255, steps=7)
+           for e, a in ((0, 0.5), (8, accuracies["pgd"]), (64, 0.0))]
+  (folder / "eval.json").write_text(json.dumps({
+      "suite": {"results": {k: _entry(v) for k, v in accuracies.items()},
+                "eps_sweep": sweep},
+      "sanity_checks": [{"check": "eps = 0 reproduces clean accuracy",
+                         "status": "PASS"},
+                        {"check": "more steps never help", "status": "FAIL",
+                         "detail": "PGD-20 above PGD-7"}],
+      "config": {"noise_draws": 5}, "data": {"eval_examples": 1000},
+      "provenance": dict(provenance, command="python scripts/evaluate.py")}))
+
+
+def _report(results):
+  result = subprocess.run([sys.executable, SCRIPT, f"--results_dir={results}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert result.returncode == 0, result.stderr
+  return (results / "REPRODUCTION.md").read_text()
+
+
+def test_verdicts_follow_the_numbers(tmp_path):
+  # RSR is far ahead under PGD-7, level under EOT-PGD, far behind under APGD-CE.
+  _write_run(tmp_path, "at", 0.0, {"clean": 0.60, "pgd": 0.30, "eot_pgd": 0.30,
+                                   "apgd_ce": 0.30, "apgd_dlr": 0.30})
+  _write_run(tmp_path, "rsr_85", 0.85, {"clean": 0.60, "pgd": 0.45,
+                                        "eot_pgd": 0.305, "apgd_ce": 0.20,
+                                        "apgd_dlr": 0.30})
+  text = _report(tmp_path)
+  lines = {line.split(":**")[0]: line for line in text.splitlines()
+           if line.startswith("- **")}
+  assert "**yes**" in lines["- **PGD-7"] and "+15.0 points" in lines["- **PGD-7"]
+  assert "no difference beyond the noise" in lines["- **EOT-PGD"]
+  assert "no, it is worse" in lines["- **APGD-CE with EOT"]
+  assert "2 of 8 variants evaluated" in text
+  assert "| `pni_at`: PNI-W channel-wise + PGD-AT, dense | not run yet |" in text
+  assert "more steps never help (FAIL: PGD-20 above PGD-7)" in text
+  assert "`abc123`" in text and "python scripts/evaluate.py" in text
+  for figure in ("accuracy_vs_sparsity.png", "accuracy_vs_eps.png"):
+    assert (tmp_path / figure).stat().st_size > 0
+    assert f"({figure})" in text
+
+
+def test_nothing_run_yet_is_said_plainly(tmp_path):
+  (tmp_path / "cpu").mkdir()
+  text = _report(tmp_path)
+  assert "0 of 8 variants evaluated" in text
+  assert text.count("not measured yet") == 4
+
+
+def test_missing_results_folder_is_one_line(tmp_path):
+  result = subprocess.run([sys.executable, SCRIPT,
+                           f"--results_dir={tmp_path / 'none'}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+  assert result.returncode != 0
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert "run scripts/reproduce.py first" in result.stderr
