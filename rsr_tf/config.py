@@ -8,6 +8,8 @@ MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
 NOISE_MODES = ("none", "layer", "channel", "element")
 PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
+# tf.distribute strategies by name; rsr_tf.distribute builds them.
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
 class ConfigError(ValueError):
@@ -180,6 +182,10 @@ class TrainConfig:
   # scaling) suits GPUs. Variables, noise statistics and logits stay float32.
   mixed_precision: str = "none"
   jit_compile: bool = False
+  # tf.distribute strategy; `data.batch_size` is the global batch, split
+  # over the replicas. multi_worker reads the cluster from TF_CONFIG.
+  strategy: str = "default"
+  tpu: Optional[str] = None  # TPU name or grpc:// address, for "tpu"
 
   def validate(self):
     """Raises ConfigError naming the first flag that breaks a rule."""
@@ -192,6 +198,12 @@ class TrainConfig:
     _require(self.mixed_precision in PRECISIONS,
              f"--mixed_precision must be one of {', '.join(PRECISIONS)}, got "
              f"{self.mixed_precision!r}")
+    _require(self.strategy in STRATEGIES,
+             f"--strategy must be one of {', '.join(STRATEGIES)}, got "
+             f"{self.strategy!r}")
+    _require(not self.tpu or self.strategy == "tpu",
+             f"--tpu={self.tpu} needs --strategy=tpu, got --strategy="
+             f"{self.strategy}")
     _require(self.eval_noise_draws >= 1,
              f"--eval_noise_draws must be >= 1, got {self.eval_noise_draws}")
     if self.prune.schedule == "none":
@@ -211,6 +223,16 @@ class TrainConfig:
 
   def to_dict(self):
     return dataclasses.asdict(self)
+
+  def same_training_as(self, saved):
+    """Whether a saved `to_dict()` describes the same training as this one.
+
+    Where it runs does not count: the batch is global and checkpoints hold
+    plain values, so a run may resume under another strategy or TPU.
+    """
+    def training(d):
+      return {k: v for k, v in d.items() if k not in ("strategy", "tpu")}
+    return training(saved) == training(json.loads(self.to_json()))
 
   def to_json(self):
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,6 +1,7 @@
 """One RSR run end to end: data, model, training, pruning, evaluation, outputs."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from rsr_tf import data as data_lib
+from rsr_tf import distribute
 from rsr_tf import evaluation
 from rsr_tf import layers as rsr_layers
 from rsr_tf import models
@@ -127,7 +129,7 @@ def _start_or_resume(config):
   has_checkpoints = os.path.isdir(os.path.join(out, "checkpoints"))
   if has_checkpoints and os.path.exists(saved):
     with open(saved) as f:
-      if json.load(f) != json.loads(config.to_json()):
+      if not config.same_training_as(json.load(f)):
         raise RunError(
             f"{out} holds checkpoints of a run with a different configuration "
             f"(see {saved}); use another --output_dir or delete that one")
@@ -136,43 +138,13 @@ def _start_or_resume(config):
   outputs.write_text_atomic(saved, config.to_json())
 
 
-def run(config, argv=None):
-  """Trains, prunes and evaluates one model; writes outputs; returns metrics.
-
-  Args:
-    config: a `config.TrainConfig`; validated here.
-    argv: the command line to record (defaults to sys.argv).
+def _train_and_prune(config, build, train_ds, eval_ds, steps_per_epoch,
+                     images_per_epoch):
+  """Both phases: RSR training, pruning, fine-tuning; in the strategy's scope.
 
   Returns:
-    The metrics dict also written to `<output_dir>/metrics.json`.
+    (backbone, training images/s per phase, one-shot layer sparsities or None)
   """
-  config.validate()
-  out = config.output_dir
-  outputs.check_writable(out)
-  _start_or_resume(config)
-  started = time.perf_counter()
-  keras.utils.set_random_seed(config.seed)
-
-  data = data_lib.load(config.data)
-  _log(f"data: {data.source}, {len(data.train.labels)} train / "
-       f"{len(data.test.labels)} eval images, {data.num_classes} classes")
-  mean, std = data_lib.channel_stats(data.train.images)
-  batch = config.data.batch_size
-  train_ds = data_lib.train_pipeline(data.train, batch, seed=config.data.seed,
-                                     augment=config.data.augment)
-  eval_ds = data_lib.eval_pipeline(data.test, batch)
-  steps_per_epoch = len(data.train.labels) // batch
-  images_per_epoch = steps_per_epoch * batch
-
-  penalty = regularizers.KernelPenalty(config.loss.lambda_l1,
-                                       config.loss.lambda_group,
-                                       config.loss.weight_decay)
-  def build():
-    return models.build(config.model.name, data.num_classes,
-                        noise=config.model.noise,
-                        alpha_init=config.model.alpha_init,
-                        kernel_regularizer=penalty, mean=mean, std=std)
-
   keras.mixed_precision.set_global_policy(
       "float32" if config.mixed_precision == "none" else config.mixed_precision)
   backbone = build()
@@ -214,16 +186,87 @@ def run(config, argv=None):
         config, backbone, training.sgd(opt.finetune_lr, opt.momentum), train_ds,
         eval_ds, "finetune", opt.epochs, opt.epochs + opt.finetune_epochs,
         images_per_epoch)
+  return backbone, rates, layer_sparsity
+
+
+def run(config, argv=None):
+  """Trains, prunes and evaluates one model; writes outputs; returns metrics.
+
+  Args:
+    config: a `config.TrainConfig`; validated here.
+    argv: the command line to record (defaults to sys.argv).
+
+  Under a multi-worker strategy every worker calls this with the same
+  configuration; the chief writes to `output_dir`, the others keep their
+  checkpoints in `output_dir/workers/<task>/` and return None.
+
+  Returns:
+    The metrics dict also written to `<output_dir>/metrics.json`.
+  """
+  config.validate()
+  # First: multi-worker and TPU strategies must set up the runtime before
+  # any other TensorFlow work.
+  try:
+    strategy = distribute.make_strategy(config.strategy, config.tpu)
+  except distribute.StrategyError as e:
+    raise RunError(str(e)) from None
+  chief = distribute.is_chief(strategy)
+  chief_dir = config.output_dir
+  if not chief:
+    config = dataclasses.replace(
+        config, output_dir=distribute.output_dir_for(strategy, config.output_dir))
+  out = config.output_dir
+  outputs.check_writable(out)
+  _start_or_resume(config)
+  started = time.perf_counter()
+  keras.utils.set_random_seed(config.seed)
+
+  data = data_lib.load(config.data)
+  _log(f"data: {data.source}, {len(data.train.labels)} train / "
+       f"{len(data.test.labels)} eval images, {data.num_classes} classes")
+  mean, std = data_lib.channel_stats(data.train.images)
+  batch = config.data.batch_size  # global: fit splits it over the replicas
+  _log(f"strategy: {config.strategy}, {distribute.describe(strategy)}; "
+       f"global batch {batch}")
+  train_ds = data_lib.train_pipeline(data.train, batch, seed=config.data.seed,
+                                     augment=config.data.augment)
+  eval_ds = data_lib.eval_pipeline(data.test, batch)
+  steps_per_epoch = len(data.train.labels) // batch
+  images_per_epoch = steps_per_epoch * batch
+
+  penalty = regularizers.KernelPenalty(config.loss.lambda_l1,
+                                       config.loss.lambda_group,
+                                       config.loss.weight_decay)
+  def build():
+    return models.build(config.model.name, data.num_classes,
+                        noise=config.model.noise,
+                        alpha_init=config.model.alpha_init,
+                        kernel_regularizer=penalty, mean=mean, std=std)
+
+  # Variables made in the scope are mirrored over the replicas: the model,
+  # tfmot's masks and step, the optimizer, the trainer's metrics.
+  with strategy.scope():
+    backbone, rates, layer_sparsity = _train_and_prune(
+        config, build, train_ds, eval_ds, steps_per_epoch, images_per_epoch)
+  opt = config.optimizer
+  prune = config.prune
+  adversarial_start = config.adversarial_start_epoch()
   history = _read_history(os.path.join(out, "history.csv"))
 
   final = pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone
-  if config.mixed_precision != "none":
+  if config.mixed_precision != "none" or config.strategy != "default":
     # Deployments get a float32 model: mixed policies keep float32 variables,
     # so the same weights load into a float32 build of the same network.
+    # Built outside the strategy, it holds plain variables, so evaluating and
+    # saving it needs no other worker. Every worker reads the weights here:
+    # batch-norm statistics are all-reduced on reading.
     keras.mixed_precision.set_global_policy("float32")
-    float32_model = build()
-    float32_model.set_weights(final.get_weights())
-    final = float32_model
+    plain_model = build()
+    plain_model.set_weights(final.get_weights())
+    final = plain_model
+  if not chief:
+    _log(f"training done; the chief writes the outputs to {chief_dir}")
+    return None
   sparsity = pruning.measured_sparsity(final)
   _log(f"evaluating on {len(data.test.labels)} held-out images, "
        f"{config.eval_noise_draws} noise draws")
@@ -257,6 +300,9 @@ def run(config, argv=None):
                "eval_examples": len(data.test.labels),
                "class_names": list(data.class_names)},
       "parameters": final.count_params(),
+      "distribution": {"strategy": config.strategy,
+                       "replicas_in_sync": strategy.num_replicas_in_sync,
+                       "global_batch": batch},
       "wall_seconds": time.perf_counter() - started,
       "config": config.to_dict(),
       "provenance": outputs.provenance(argv),

@@ -22,6 +22,26 @@ def _accuracy_count(labels, logits):
                  tf.float32)
 
 
+def _batch_size(labels):
+  return tf.cast(tf.shape(labels)[0], tf.float32)
+
+
+def _replica_objective(data_loss, penalty, labels, replicas):
+  """This replica's part of the global-batch objective, for its gradient.
+
+  The optimizer sums the replicas' gradients, so the parts must add up to
+  the single-device objective on the whole global batch: each replica
+  contributes the sum of its examples' losses divided by the global batch
+  size (its mean loss times its share of the batch), and 1/replicas of the
+  kernel penalty, which every replica computes in full from the same
+  weights.
+  """
+  local = _batch_size(labels)
+  global_batch = tf.distribute.get_replica_context().all_reduce(
+      tf.distribute.ReduceOp.SUM, local)
+  return data_loss * (local / global_batch) + penalty / replicas
+
+
 class RSRTrainer(keras.Model):
   """Wraps a functional backbone and trains it with the RSR objective.
 
@@ -30,6 +50,13 @@ class RSRTrainer(keras.Model):
   `backbone.losses` holds the kernel penalties (lasso, group lasso, decay).
   Before adversarial training starts (`adversarial_active` False) the loss is
   CE(x) plus the penalties.
+
+  Under a tf.distribute strategy (build the backbone, the optimizer and this
+  trainer in its scope) each replica gets its part of the global batch, and
+  the summed gradients equal one device's on the whole batch (see
+  `_replica_objective`), except that a plain BatchNormalization normalises
+  each replica's part by its own statistics. Logged metrics are aggregated
+  over the replicas.
 
   Args:
     backbone: the model to train; may carry tfmot pruning wrappers.
@@ -73,6 +100,7 @@ class RSRTrainer(keras.Model):
 
   def train_step(self, data):
     x, y = data
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       clean_logits = self.backbone(x, training=True)
       clean_loss = _cross_entropy(y, clean_logits)
@@ -88,25 +116,33 @@ class RSRTrainer(keras.Model):
       penalty = (tf.add_n(self.backbone.losses) if self.backbone.losses
                  else tf.constant(0.0))
       loss = data_loss + penalty
-      scaled = loss
+      # One device differentiates `loss` itself, so its numbers stay exactly
+      # those of a run without a strategy.
+      objective = loss if replicas == 1 else _replica_objective(
+          data_loss, penalty, y, replicas)
+      scaled = objective
       if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer):
-        scaled = self.optimizer.get_scaled_loss(loss)  # float16 gradients
+        scaled = self.optimizer.get_scaled_loss(objective)  # float16 gradients
     variables = self.backbone.trainable_variables
     grads = tape.gradient(scaled, variables)
-    if scaled is not loss:
+    if scaled is not objective:
       grads = self.optimizer.get_unscaled_gradients(grads)
     # Before the update: tfmot re-masks pruned weights on the next call, so
     # this reads the weights the forward passes actually used.
     self._update_weight_stats()
+    # Under a strategy this sums the replicas' gradients (an all-reduce).
     self.optimizer.apply_gradients(zip(grads, variables))
 
+    # Replicas may hold unequal parts of the last global batch; weighting
+    # their mean losses by size makes the aggregated metric the global mean.
+    weight = None if replicas == 1 else _batch_size(y)
     t = self._trackers
-    t["loss"].update_state(loss)
-    t["clean_loss"].update_state(clean_loss)
+    t["loss"].update_state(loss, sample_weight=weight)
+    t["clean_loss"].update_state(clean_loss, sample_weight=weight)
     t["penalty"].update_state(penalty)
     t["clean_accuracy"].update_state(_accuracy_count(y, clean_logits))
     if self.adversarial_active:
-      t["adv_loss"].update_state(adv_loss)
+      t["adv_loss"].update_state(adv_loss, sample_weight=weight)
       t["adv_accuracy"].update_state(_accuracy_count(y, adv_logits))
     return {name: tracker.result() for name, tracker in t.items()}
 
@@ -133,7 +169,10 @@ class RSRTrainer(keras.Model):
   def test_step(self, data):
     x, y = data
     logits = self.backbone(x, training=False)
-    self._trackers["clean_loss"].update_state(_cross_entropy(y, logits))
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    self._trackers["clean_loss"].update_state(
+        _cross_entropy(y, logits),
+        sample_weight=None if replicas == 1 else _batch_size(y))
     self._trackers["clean_accuracy"].update_state(_accuracy_count(y, logits))
     return {"clean_loss": self._trackers["clean_loss"].result(),
             "clean_accuracy": self._trackers["clean_accuracy"].result()}

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rsr_tf  # noqa: E402,F401  (before TensorFlow: selects Keras 2)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 from rsr_tf import config as config_lib  # noqa: E402
 from scripts import _cli  # noqa: E402
@@ -95,6 +96,14 @@ def define_flags():
                     "for CPUs with AVX512_BF16 and TPUs, mixed_float16 (loss "
                     "scaling) for GPUs. The saved model is float32.")
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+  flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
+                    "tf.distribute strategy: default (one device), mirrored "
+                    "(every local GPU), multi_worker (hosts listed in the "
+                    "TF_CONFIG environment variable, the same command on "
+                    "each), tpu (see --tpu). --batch_size is the global "
+                    "batch, split over the replicas.")
+  flags.DEFINE_string("tpu", None, "--strategy=tpu: TPU name or grpc:// "
+                      "address (empty: the local TPU of a Cloud TPU VM).")
   flags.DEFINE_integer("eval_noise_draws", 3, "Independent noisy passes per "
                        "final accuracy.", lower_bound=1)
 
@@ -138,6 +147,8 @@ def config_from_flags():
       seed=FLAGS.seed,
       mixed_precision=FLAGS.mixed_precision,
       jit_compile=FLAGS.jit_compile,
+      strategy=FLAGS.strategy,
+      tpu=FLAGS.tpu,
   ).validate()
 
 
@@ -153,6 +164,8 @@ def main(argv):
   _cli.check_output_dir(config.output_dir)
 
   _cli.quiet_tensorflow_startup()  # heavy imports only after the checks
+  # Checkpoints of distributed variables log every save at INFO.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   from rsr_tf import data as data_lib  # noqa: E402
   from rsr_tf import experiment  # noqa: E402
   try:
