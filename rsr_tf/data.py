@@ -175,7 +175,9 @@ def load_image_folder(root: str, train_limit: int = 0, eval_limit: int = 0,
   Class names are the sorted subfolder names and must be the same in both
   splits. Files are taken in sorted name order; the limits pick files with
   `balanced_subset` before decoding, so only the chosen files are read.
-  Images that are not 32x32 are resized.
+  Images that are not 32x32 RGB are converted, and how many is printed:
+  grayscale is copied into all three channels, an alpha channel is dropped,
+  and other sizes are resized (antialiased) to 32x32, aspect ratio not kept.
 
   Args:
     root: Folder holding `train/` and `test/`.
@@ -246,7 +248,7 @@ def _decode_files(split_dir, split, files, limit, skip_bad=False):
   print(f"decoding {len(paths)} {split} images from {split_dir} ...",
         end="", file=sys.stderr, flush=True)
   try:
-    images = _collect(_decoded(paths))
+    images, converted = _collect_converted(_decoded(paths))
   except tf.errors.InvalidArgumentError:
     print(" a file does not decode; checking each", file=sys.stderr, flush=True)
     bad = [i for i, path in enumerate(paths) if not _decodes(path)]
@@ -261,14 +263,18 @@ def _decode_files(split_dir, split, files, limit, skip_bad=False):
     print(f"skipping {len(bad)} unreadable {split} files, e.g. {paths[bad[0]]}",
           file=sys.stderr, flush=True)
     keep = keep[good]
-    images = _collect(_decoded([paths[i] for i in good]))
-  print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    images, converted = _collect_converted(_decoded([paths[i] for i in good]))
+  note = (f"; {converted} not 32x32 RGB, converted (grayscale to RGB, alpha "
+          f"dropped, resized to 32x32)" if converted else "")
+  print(f" {time.perf_counter() - start:.1f}s{note}", file=sys.stderr,
+        flush=True)
   return Split(images=images, labels=labels[keep])
 
 
 def _decoded(paths):
+  """(uint8 [32, 32, 3] image, whether it had to be converted) per file."""
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
-  return ds.map(lambda p: _to_uint8_rgb32(_decode_any(tf.io.read_file(p))),
+  return ds.map(lambda p: _to_rgb32_flagged(_decode_any(tf.io.read_file(p))),
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -281,8 +287,23 @@ def _decodes(path):
 
 
 def _decode_any(contents):
-  return tf.io.decode_image(contents, channels=CHANNELS,
-                            expand_animations=False)
+  """Any supported file to uint8 [H, W, C] with its own channel count."""
+  return tf.io.decode_image(contents, expand_animations=False)
+
+
+def _to_rgb32_flagged(image):
+  """uint8 [H, W, C], C in 1..4, to ([32, 32, 3], whether it changed)."""
+  shape = tf.shape(image)
+  channels = shape[2]
+  # 1 and 2 channels are grayscale (2: with alpha); 4 is RGBA.
+  rgb = tf.cond(channels < CHANNELS,
+                lambda: tf.tile(image[:, :, :1], [1, 1, CHANNELS]),
+                lambda: image[:, :, :CHANNELS])
+  changed = tf.logical_or(
+      tf.not_equal(channels, CHANNELS),
+      tf.logical_or(tf.not_equal(shape[0], IMAGE_SIZE),
+                    tf.not_equal(shape[1], IMAGE_SIZE)))
+  return _to_uint8_rgb32(rgb), changed
 
 
 def _to_uint8_rgb32(image):
@@ -299,6 +320,15 @@ def _resize_uint8(images):
   # Antialiasing keeps large photos from aliasing when shrunk ~10x.
   resized = tf.image.resize(images, (IMAGE_SIZE, IMAGE_SIZE), antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _collect_converted(ds):
+  """`_collect` for a dataset of (image, converted); also counts conversions."""
+  chunks = [c for c in ds.batch(_CHUNK).prefetch(1).as_numpy_iterator()]
+  if not chunks:
+    return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, CHANNELS), dtype=np.uint8), 0
+  images = np.concatenate([c[0] for c in chunks], axis=0)
+  return images, int(sum(np.count_nonzero(c[1]) for c in chunks))
 
 
 def _collect(ds):

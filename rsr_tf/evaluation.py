@@ -60,6 +60,19 @@ def _saved_model_fn(path):
   return logits
 
 
+def _check_classifier_shapes(model, path):
+  """Refuses a Keras model that does not map CIFAR images to logits."""
+  try:
+    inputs, outputs = model.input_shape, model.output_shape
+  except AttributeError:  # a subclassed model without a known input
+    return
+  if (not isinstance(inputs, tuple) or tuple(inputs[1:]) != (32, 32, 3)
+      or not isinstance(outputs, tuple) or len(outputs) != 2):
+    raise ValueError(f"{path} is not a CIFAR classifier: it maps {inputs} to "
+                     f"{outputs}; expected (None, 32, 32, 3) images to "
+                     "(None, classes) logits")
+
+
 def load_classifier(path):
   """Loads a `.keras` file, a SavedModel directory or a `.tflite` file.
 
@@ -72,19 +85,33 @@ def load_classifier(path):
       raise ValueError(f"{path} is a directory without saved_model.pb; expected a "
                        ".keras file, a SavedModel directory or a .tflite file")
     serve = _saved_model_fn(path)
-    probe = serve(tf.zeros((1, 32, 32, 3)))
+    try:
+      probe = serve(tf.zeros((1, 32, 32, 3)))
+    except (TypeError, ValueError, tf.errors.OpError) as e:
+      raise ValueError(f"{path} is not a CIFAR classifier: its serving "
+                       "signature does not take (None, 32, 32, 3) images "
+                       f"({type(e).__name__})") from e
     return Classifier(path, serve, True, int(probe.shape[-1]))
   if not os.path.isfile(path):
     raise ValueError(f"model file {path} does not exist")
   if path.endswith(".keras"):
     try:
-      return from_keras(models.load(path), name=path)
+      model = models.load(path)
     except Exception as e:  # Keras raises many types for a bad archive
+      if "Lambda" in str(e) and "safe_mode" in str(e):
+        raise ValueError(f"{path} is refused by Keras safe mode: it holds a "
+                         "Lambda layer, whose Python code could do anything "
+                         "when loaded; rsr_tf models have none") from e
       raise ValueError(f"{path} is not a loadable .keras model: "
                        f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    _check_classifier_shapes(model, path)
+    return from_keras(model, name=path)
   if path.endswith(".tflite"):
     from rsr_tf import export  # noqa: E402  (conversion code; heavy only on use)
-    predict = export.load_classifier(path)
+    try:
+      predict = export.load_classifier(path)
+    except export.ExportError as e:
+      raise ValueError(str(e)) from e
     probe = predict(np.zeros((1, 32, 32, 3), np.float32))
     return Classifier(path, lambda x: tf.constant(predict(np.asarray(x, np.float32))),
                       False, int(probe.shape[-1]))

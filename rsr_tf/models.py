@@ -1,5 +1,7 @@
 """CIFAR ResNet-20, ResNet-18 and VGG-16 (BN) built from noisy layers, by name."""
 
+import warnings
+
 import rsr_tf  # noqa: F401
 import numpy as np
 import tf_keras as keras
@@ -149,6 +151,13 @@ CUSTOM_OBJECTS = {**rsr_layers.CUSTOM_OBJECTS,
 
 
 def load(path):
-  """Loads a saved `.keras` model with Keras safe mode on."""
-  return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS,
-                                 safe_mode=True, compile=False)
+  """Loads a saved `.keras` model with Keras safe mode on.
+
+  Safe mode refuses Lambda layers, whose saved Python code would run on load.
+  """
+  with warnings.catch_warnings():
+    # Keras warns that a Lambda layer's module is missing before safe mode
+    # refuses the layer; the refusal is the one line worth showing.
+    warnings.simplefilter("ignore", UserWarning)
+    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS,
+                                   safe_mode=True, compile=False)
