@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
@@ -186,6 +187,9 @@ class TrainConfig:
   # over the replicas. multi_worker reads the cluster from TF_CONFIG.
   strategy: str = "default"
   tpu: Optional[str] = None  # TPU name or grpc:// address, for "tpu"
+  # Another run's folder whose finished phase 1 this run starts from, so a
+  # sparsity sweep trains the dense model once ("": train it here).
+  init_from: str = ""
 
   def validate(self):
     """Raises ConfigError naming the first flag that breaks a rule."""
@@ -198,6 +202,12 @@ class TrainConfig:
     _require(self.mixed_precision in PRECISIONS,
              f"--mixed_precision must be one of {', '.join(PRECISIONS)}, got "
              f"{self.mixed_precision!r}")
+    _require(not self.init_from or self.prune.schedule == "oneshot",
+             "--init_from starts from another run's finished phase 1, so it "
+             "needs --prune_schedule=oneshot")
+    _require(not self.init_from or os.path.abspath(self.init_from)
+             != os.path.abspath(self.output_dir),
+             "--init_from must name another run's folder, not --output_dir")
     _require(self.strategy in STRATEGIES,
              f"--strategy must be one of {', '.join(STRATEGIES)}, got "
              f"{self.strategy!r}")
@@ -232,7 +242,25 @@ class TrainConfig:
     """
     def training(d):
       return {k: v for k, v in d.items() if k not in ("strategy", "tpu")}
-    return training(saved) == training(json.loads(self.to_json()))
+    mine = json.loads(self.to_json())
+    if "init_from" not in saved and not self.init_from:
+      del mine["init_from"]  # written before the field existed
+    return training(saved) == training(mine)
+
+  def same_phase_one_as(self, saved):
+    """Whether a saved `to_dict()` trains the same dense model in phase 1.
+
+    Pruning and fine-tuning may differ: that is what a sweep varies.
+    """
+    def phase_one(d):
+      d = json.loads(json.dumps(d))
+      for key in ("prune", "output_dir", "init_from", "eval_noise_draws",
+                  "strategy", "tpu"):
+        d.pop(key, None)
+      for key in ("finetune_epochs", "finetune_lr"):
+        d["optimizer"].pop(key, None)
+      return d
+    return phase_one(saved) == phase_one(json.loads(self.to_json()))
 
   def to_json(self):
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -138,6 +138,41 @@ def _start_or_resume(config):
   outputs.write_text_atomic(saved, config.to_json())
 
 
+def _restore_phase_one(config, backbone):
+  """Loads another run's finished phase 1 into `backbone`, with its history.
+
+  Raises:
+    RunError: that run is missing, unfinished, or trained differently.
+  """
+  source = config.init_from
+  saved = os.path.join(source, "config.json")
+  if not os.path.exists(saved):
+    raise RunError(f"--init_from {source}: no config.json; name the output "
+                   "folder of a finished run")
+  with open(saved) as f:
+    if not config.same_phase_one_as(json.load(f)):
+      raise RunError(f"--init_from {source} was trained with other settings "
+                     f"(see {saved}); only pruning and fine-tuning may differ")
+  checkpoint = training.Checkpoint(
+      os.path.join(source, "checkpoints", "train"), backbone, None)
+  epochs = checkpoint.restore()
+  if epochs < config.optimizer.epochs:
+    raise RunError(f"--init_from {source}: phase 1 has {epochs} of "
+                   f"{config.optimizer.epochs} epochs; finish that run first")
+  history = os.path.join(config.output_dir, "history.csv")
+  if not os.path.exists(history):
+    with open(os.path.join(source, "history.csv")) as f:
+      rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:]
+                        if r and int(r[0]) < config.optimizer.epochs]
+    with io.StringIO() as buffer:
+      csv.writer(buffer, lineterminator="\n").writerows(kept)
+      outputs.write_text_atomic(history, buffer.getvalue())
+  _log(f"phase 1: {epochs} epochs restored from "
+       f"{checkpoint.manager.latest_checkpoint}")
+  return []
+
+
 def _train_and_prune(config, build, train_ds, eval_ds, steps_per_epoch,
                      images_per_epoch):
   """Both phases: RSR training, pruning, fine-tuning; in the strategy's scope.
@@ -167,9 +202,12 @@ def _train_and_prune(config, build, train_ds, eval_ds, steps_per_epoch,
        f"{'never' if adversarial_start is None else adversarial_start + 1}")
   schedule = training.step_decay(opt.learning_rate, opt.epochs, steps_per_epoch,
                                  opt.lr_milestones, opt.lr_gamma)
-  rates = {"train": _fit(config, backbone, training.sgd(schedule, opt.momentum),
-                         train_ds, eval_ds, "train", 0, opt.epochs,
-                         images_per_epoch)}
+  if config.init_from:
+    rates = {"train": _restore_phase_one(config, backbone)}
+  else:
+    rates = {"train": _fit(config, backbone,
+                           training.sgd(schedule, opt.momentum), train_ds,
+                           eval_ds, "train", 0, opt.epochs, images_per_epoch)}
 
   layer_sparsity = None
   if prune.schedule == "oneshot":

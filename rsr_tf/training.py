@@ -246,8 +246,12 @@ class Checkpoint(keras.callbacks.Callback):
   def __init__(self, directory, backbone, optimizer, max_to_keep=2):
     super().__init__()
     self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    self._checkpoint = tf.train.Checkpoint(model=backbone, optimizer=optimizer,
-                                           epoch=self.epoch)
+    # Without an optimizer it only reads weights (another run's phase 1).
+    self._read_only_weights = optimizer is None
+    objects = {"model": backbone, "epoch": self.epoch}
+    if optimizer is not None:
+      objects["optimizer"] = optimizer
+    self._checkpoint = tf.train.Checkpoint(**objects)
     self.manager = tf.train.CheckpointManager(self._checkpoint, directory,
                                               max_to_keep=max_to_keep)
 
@@ -256,7 +260,9 @@ class Checkpoint(keras.callbacks.Callback):
     if not self.manager.latest_checkpoint:
       return 0
     # Optimizer slots do not exist until the first step; TF fills them then.
-    self._checkpoint.restore(self.manager.latest_checkpoint)
+    status = self._checkpoint.restore(self.manager.latest_checkpoint)
+    if self._read_only_weights:
+      status.expect_partial()
     return int(self.epoch.numpy())
 
   def on_epoch_end(self, epoch, logs=None):

@@ -96,6 +96,9 @@ def define_flags():
                     "for CPUs with AVX512_BF16 and TPUs, mixed_float16 (loss "
                     "scaling) for GPUs. The saved model is float32.")
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+  flags.DEFINE_string("init_from", "", "Output folder of a finished run with "
+                      "the same phase-1 settings: start from its trained dense "
+                      "model and only prune and fine-tune (sparsity sweeps).")
   flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
                     "tf.distribute strategy: default (one device), mirrored "
                     "(every local GPU), multi_worker (hosts listed in the "
@@ -149,6 +152,7 @@ def config_from_flags():
       jit_compile=FLAGS.jit_compile,
       strategy=FLAGS.strategy,
       tpu=FLAGS.tpu,
+      init_from=FLAGS.init_from,
   ).validate()
 
 

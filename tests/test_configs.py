@@ -80,3 +80,17 @@ def test_adversarial_variants_get_equal_compute(configs):
       continue
     epochs = config["optimizer"]["epochs"] + config["optimizer"]["finetune_epochs"]
     assert epochs == (6 if name.startswith("cpu") else 160), name
+
+
+def test_sparsity_sweep_prunes_the_rsr_85_dense_model(configs):
+  for name, config in configs.items():
+    variant = os.path.basename(name)[:-len(".flags")]
+    budget_dir = os.path.dirname(name)
+    if variant in ("rsr_50", "rsr_70", "rsr_95"):
+      assert config["init_from"] == f"runs/{budget_dir}/rsr_85", name
+      source = dict(configs[f"{budget_dir}/rsr_85.flags"])
+      for key in ("prune", "output_dir", "init_from"):
+        source.pop(key), config.pop(key)
+      assert config == source, name  # the same phase 1 in every other respect
+    else:
+      assert not config["init_from"], name

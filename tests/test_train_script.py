@@ -137,3 +137,28 @@ def test_a_diverging_run_exits_with_one_line_naming_the_term(tmp_path):
   assert last.startswith("train.py: error: train: training stopped at epoch 1")
   assert "not finite" in last
   assert not (tmp_path / "nan" / "model.keras").exists()
+
+
+def test_init_from_prunes_another_runs_phase_one_without_retraining(tmp_path):
+  tiny = ["--embedded_sample", "--train_limit=128", "--eval_limit=32",
+          "--batch_size=64", "--epochs=1", "--finetune_epochs=1",
+          "--pgd_steps=1", "--eps_step=8", "--eval_noise_draws=1"]
+  first = _run(*tiny, "--target_sparsity=0.5", f"--output_dir={tmp_path / 'a'}",
+               timeout=400)
+  assert first.returncode == 0, first.stderr[-2000:]
+  sweep = _run(*tiny, "--target_sparsity=0.8", f"--init_from={tmp_path / 'a'}",
+               f"--output_dir={tmp_path / 'b'}", timeout=400)
+  assert sweep.returncode == 0, sweep.stderr[-2000:]
+  assert "phase 1: 1 epochs restored from" in sweep.stderr
+  assert "Epoch 1/1" not in sweep.stdout + sweep.stderr  # phase 1 not rerun
+  metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+  assert abs(metrics["sparsity"]["overall"] - 0.8) < 1e-3
+  first_history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
+  # Phase 1's epoch is the first run's; fine-tuning adds one of its own.
+  assert metrics["history"]["clean_accuracy"][0] == first_history["clean_accuracy"][0]
+  assert len(metrics["history"]["clean_accuracy"]) == 2
+  # Anything but pruning and fine-tuning differing is refused in one line.
+  other = _run(*tiny, "--lr=0.05", f"--init_from={tmp_path / 'a'}",
+               f"--output_dir={tmp_path / 'c'}", timeout=120)
+  assert other.returncode != 0
+  assert "trained with other settings" in other.stderr.strip().splitlines()[-1]
