@@ -95,15 +95,7 @@ def load_classifier(path):
   if not os.path.isfile(path):
     raise ValueError(f"model file {path} does not exist")
   if path.endswith(".keras"):
-    try:
-      model = models.load(path)
-    except Exception as e:  # Keras raises many types for a bad archive
-      if "Lambda" in str(e) and "safe_mode" in str(e):
-        raise ValueError(f"{path} is refused by Keras safe mode: it holds a "
-                         "Lambda layer, whose Python code could do anything "
-                         "when loaded; rsr_tf models have none") from e
-      raise ValueError(f"{path} is not a loadable .keras model: "
-                       f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    model = models.load(path)  # ValueError: one line
     _check_classifier_shapes(model, path)
     return from_keras(model, name=path)
   if path.endswith(".tflite"):

@@ -530,8 +530,8 @@ def export(model_path, output_dir, dataset, config, argv=None, log=None):
                       "test images (verification)")
   try:
     model = models.load(model_path)
-  except (OSError, ValueError, TypeError) as e:
-    raise ExportError(f"cannot load Keras model {model_path}: {e}") from e
+  except ValueError as e:
+    raise ExportError(str(e)) from e
   _check_model(model, model_path)
   if model.output_shape[-1] != dataset.num_classes:
     raise ExportError(f"model {model_path} has {model.output_shape[-1]} "

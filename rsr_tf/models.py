@@ -154,10 +154,24 @@ def load(path):
   """Loads a saved `.keras` model with Keras safe mode on.
 
   Safe mode refuses Lambda layers, whose saved Python code would run on load.
+
+  Raises:
+    ValueError: one line saying why `path` is not a loadable rsr_tf model.
   """
-  with warnings.catch_warnings():
-    # Keras warns that a Lambda layer's module is missing before safe mode
-    # refuses the layer; the refusal is the one line worth showing.
-    warnings.simplefilter("ignore", UserWarning)
-    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS,
-                                   safe_mode=True, compile=False)
+  try:
+    with warnings.catch_warnings():
+      # Keras warns that a Lambda layer's module is missing before safe mode
+      # refuses the layer; the refusal is the one line worth showing.
+      warnings.simplefilter("ignore", UserWarning)
+      return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS,
+                                     safe_mode=True, compile=False)
+  except Exception as e:  # Keras raises many types for a bad archive
+    if "Lambda" in str(e) and "safe_mode" in str(e):
+      raise ValueError(f"{path} is refused by Keras safe mode: it holds a "
+                       "Lambda layer, whose Python code could do anything "
+                       "when loaded; rsr_tf models have none") from e
+    if "file signature not found" in str(e):
+      raise ValueError(f"{path} is not a Keras model file (neither a .keras "
+                       "zip archive nor HDF5)") from e
+    raise ValueError(f"{path} is not a loadable .keras model: "
+                     f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e

@@ -173,7 +173,7 @@ def test_keras_and_saved_model_formats_load(tmp_path):
 
 @pytest.mark.parametrize("name,content,expected", [
     ("m.txt", b"hello", "unknown model format"),
-    ("m.keras", b"not a zip", "not a loadable .keras model"),
+    ("m.keras", b"not a zip", "is not a Keras model file"),
 ])
 def test_bad_model_files_give_one_line_errors(tmp_path, name, content, expected):
   path = tmp_path / name
@@ -195,7 +195,7 @@ def _evaluate(*args, timeout=60):
     (["--model={m}", "--eps=0"], "--eps must be in (0, 255]/255"),
     (["--model={m}", "--spsa_samples=3"], "--spsa_samples"),
     (["--model={m}", "--image_folder=/nonexistent"], "/nonexistent"),
-    (["--model={bad}"], "not a loadable .keras model"),
+    (["--model={bad}"], "is not a Keras model file"),
 ])
 def test_evaluate_script_bad_input_is_one_line(tmp_path, args, expected):
   good = tmp_path / "m.keras"

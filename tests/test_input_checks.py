@@ -147,7 +147,7 @@ def test_safe_mode_refuses_a_lambda_layer(model_files):
     ("mnist", "is not a CIFAR classifier: it maps (None, 28, 28, 1)"),
     ("feature_map", "is not a CIFAR classifier"),
     ("h5", "unknown model format"),
-    ("text", "is not a loadable .keras model"),
+    ("text", "is not a Keras model file"),
     ("tflite", "cannot load TFLite model"),
 ])
 def test_evaluation_refuses_wrong_model_files_in_one_line(model_files, kind,
@@ -160,8 +160,8 @@ def test_evaluation_refuses_wrong_model_files_in_one_line(model_files, kind,
 
 @pytest.mark.parametrize("script,kind,expected", [
     ("evaluate.py", "lambda", "refused by Keras safe mode"),
-    ("export.py", "lambda", "Lambda layer"),
-    ("export.py", "text", "cannot load Keras model"),
+    ("export.py", "lambda", "refused by Keras safe mode"),
+    ("export.py", "text", "is not a Keras model file"),
     ("export.py", "h5", "must be a .keras file"),
 ])
 def test_scripts_refuse_wrong_model_files_in_one_line(model_files, tmp_path,
