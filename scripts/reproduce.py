@@ -51,6 +51,9 @@ def define_flags():
                     "CIFAR-10 sample shipped in the package (a smoke run).")
   flags.DEFINE_integer("eval_limit", 1000, "Held-out images per evaluation "
                        "(class-balanced).", lower_bound=1)
+  flags.DEFINE_list("attacks", list(EVAL_ATTACKS), "Attacks of the evaluation "
+                    "(scripts/evaluate.py --attacks); transfer is left out for "
+                    "the transfer source itself.")
   flags.DEFINE_string("results_dir", "results", "Where the JSON files and "
                       "models are collected.")
 
@@ -107,14 +110,15 @@ def evaluate(variant):
   if os.path.exists(os.path.join(out, "eval.json")):
     print(f"{variant}: evaluated ({out}/eval.json)")
     return
-  attacks = list(EVAL_ATTACKS)
+  attacks = list(FLAGS.attacks)
   if not os.path.exists(_flagfile(TRANSFER_SOURCE)):
     _cli.fail(f"{variant}: the transfer source {TRANSFER_SOURCE} has no "
               f"flagfile {_flagfile(TRANSFER_SOURCE)}")
   source = os.path.join(_run_dir(TRANSFER_SOURCE), "model.keras")
   extra = [f"--source_model={source}"]
   if variant == TRANSFER_SOURCE:
-    attacks.remove("transfer")  # a model transferred onto itself is white-box
+    if "transfer" in attacks:
+      attacks.remove("transfer")  # a model transferred onto itself is white-box
     extra = []
   elif not os.path.exists(source):
     _cli.fail(f"{variant}: the transfer source {source} does not exist yet; "
