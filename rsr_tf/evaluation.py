@@ -463,9 +463,13 @@ def report_markdown(report):
   r = suite["results"]
   lines = [f"# Robustness of `{report['model']['path']}`", "",
            f"Data: {report['data']['source']}, {report['data']['eval_examples']} "
-           f"held-out images. Model is {'stochastic' if suite['stochastic'] else 'deterministic'}; "
-           f"every accuracy is mean ± std over {report['config']['noise_draws']} "
-           "independent noisy passes.", "",
+           f"held-out images. " + (
+               f"Model is stochastic; every accuracy is mean ± std over "
+               f"{report['config']['noise_draws']} independent noisy passes."
+               if suite["stochastic"] else
+               f"Model is deterministic; the ± is the spread over "
+               f"{report['config']['noise_draws']} passes, from random starts "
+               "alone."), "",
            "| attack | kind | eps | steps | restarts | EOT | crafted | images | accuracy (%) |",
            "|---|---|---|---|---|---|---|---|---|"]
   for name in _ORDER:
