@@ -198,7 +198,12 @@ def _train_and_prune(config, build, train_ds, eval_ds, steps_per_epoch,
     _log(f"pruning: polynomial to {prune.target_sparsity:.0%} between "
          f"training calls {begin} and {end}")
 
-  _log(f"phase 1: RSR training, {opt.epochs} epochs; adversarial from epoch "
+  recipe = "+".join(part for part, on in (
+      ("PNI", config.model.noise != "none"),
+      ("PGD-AT", config.loss.adversarial),
+      ("lasso", config.loss.lambda_l1 > 0 or config.loss.lambda_group > 0))
+      if on) or "natural"
+  _log(f"phase 1: {recipe} training, {opt.epochs} epochs; adversarial from epoch "
        f"{'never' if adversarial_start is None else adversarial_start + 1}")
   schedule = training.step_decay(opt.learning_rate, opt.epochs, steps_per_epoch,
                                  opt.lr_milestones, opt.lr_gamma)
