@@ -297,7 +297,7 @@ def document(runs, results_dir, budget, figures):
       "## How to reproduce",
       "",
       "```",
-      "tar -xzf cifar10-jpeg.tar.gz -C /tmp/cifar10   # the CIFAR-10 JPEG copy",
+      "mkdir -p /tmp/cifar10 && tar -xzf cifar10-jpeg.tar.gz -C /tmp/cifar10   # the CIFAR-10 JPEG copy",
       f"python scripts/reproduce.py --budget={budget} --image_folder=/tmp/cifar10",
       f"python scripts/report.py --budget={budget}",
       "```",
