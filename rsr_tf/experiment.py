@@ -162,12 +162,8 @@ def _restore_phase_one(config, backbone):
   history = os.path.join(config.output_dir, "history.csv")
   if not os.path.exists(history):
     with open(os.path.join(source, "history.csv")) as f:
-      rows = list(csv.reader(f))
-    kept = [rows[0]] + [r for r in rows[1:]
-                        if r and int(r[0]) < config.optimizer.epochs]
-    with io.StringIO() as buffer:
-      csv.writer(buffer, lineterminator="\n").writerows(kept)
-      outputs.write_text_atomic(history, buffer.getvalue())
+      outputs.write_text_atomic(history, f.read())
+    _truncate_history(history, config.optimizer.epochs)  # phase 1's rows only
   _log(f"phase 1: {epochs} epochs restored from "
        f"{checkpoint.manager.latest_checkpoint}")
   return []

@@ -12,7 +12,6 @@ flagfiles name their output folders relative to it.
 """
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from rsr_tf import outputs  # noqa: E402  (no TensorFlow at import)
 from scripts import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -132,9 +132,8 @@ def evaluate(variant):
 
 def _copy(source, target):
   os.makedirs(os.path.dirname(target), exist_ok=True)
-  temporary = target + ".tmp"
-  shutil.copyfile(source, temporary)
-  os.replace(temporary, target)
+  with outputs.atomic_path(target) as temporary:
+    shutil.copyfile(source, temporary)
 
 
 def data_fingerprint(folder):
@@ -160,9 +159,7 @@ def _write_data_record():
             if FLAGS.image_folder else {"source": "tfds:cifar10"})
   path = os.path.join(FLAGS.results_dir, FLAGS.budget, "data.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  outputs.write_json_atomic(path, record)
 
 
 def collect(variant):
