@@ -133,6 +133,54 @@ def results_table(runs):
   return "\n".join(lines)
 
 
+def _median(values):
+  values = sorted(values)
+  return values[len(values) // 2] if values else None
+
+
+def training_table(runs):
+  """What each variant cost to train and how train.py scored it on the full test set."""
+  lines = ["| variant | epochs (train + fine-tune) | PGD steps per training batch | "
+           "wall time | images/s (median epoch) | clean, full test set | "
+           "PGD-7, full test set |", "|---|---|---|---|---|---|---|"]
+  for name, _ in VARIANTS:
+    m = runs[name]["metrics"]
+    if not m or "epochs" not in m:
+      lines.append(f"| `{name}` | not run yet | | | | | |")
+      continue
+    adversarial = m["config"]["loss"]["adversarial"]
+    speeds = m.get("training_images_per_second", {}).get("train", [])
+    epochs = f"{m['epochs']['train']} + {m['epochs']['finetune']}"
+    if m["config"].get("init_from"):
+      epochs += f" (phase 1 restored from `{m['config']['init_from']}`; wall time is the rest)"
+    cells = [f"`{name}`", epochs,
+             str(m["config"]["attack"]["steps"]) if adversarial else "0",
+             f"{m['wall_seconds'] / 60:.0f} min",
+             f"{_median(speeds):.0f}" if speeds else "—"]
+    for key in ("clean_accuracy", "pgd_accuracy"):
+      e = m.get(key)
+      cells.append("—" if not e else f"{100 * e['mean']:.1f} ± {100 * e['std']:.1f} "
+                   f"({e['examples']:,} images, {e['draws']} draws)")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def attack_settings(runs):
+  """One sentence naming the strength of every attack, from eval.json's config."""
+  for name, _ in VARIANTS:
+    report = runs[name]["eval"]
+    if report and "steps" in report["config"]:
+      c = report["config"]
+      return (f"PGD-{c['steps']} and PGD-{c['strong_steps']} use step "
+              f"{255 * c['step_size']:.0f}/255 and {c['restarts']} random "
+              f"start(s); EOT-PGD averages {c['eot_samples']} noise draws per "
+              f"gradient step; APGD runs {c['apgd_steps']} steps averaging "
+              f"{c['apgd_eot_samples']} noise draws per step (AutoAttack's "
+              "rand version uses 20 draws and 100 steps), with "
+              f"{c['apgd_restarts']} restart(s).")
+  return "no evaluation collected yet."
+
+
 def answer(runs):
   lines = []
   for attack, header in QUESTION_ATTACKS:
@@ -155,6 +203,12 @@ def answer(runs):
   return "\n".join(lines)
 
 
+def _check_note(name, check):
+  if name == "at" and "transfer" in check["check"] and check["status"] == "SKIPPED":
+    return f"{check['check']} (n/a: this model is the transfer source)"
+  return f"{check['check']} ({check['status']}: {check.get('detail', '')})"
+
+
 def sanity_table(runs):
   lines = ["| variant | checks passed | not passed |", "|---|---|---|"]
   for name, _ in VARIANTS:
@@ -164,8 +218,7 @@ def sanity_table(runs):
       continue
     checks = report.get("sanity_checks", [])
     passed = [c for c in checks if c["status"] == "PASS"]
-    others = [f"{c['check']} ({c['status']}: {c.get('detail', '')})"
-              for c in checks if c["status"] != "PASS"]
+    others = [_check_note(name, c) for c in checks if c["status"] != "PASS"]
     lines.append(f"| `{name}` | {len(passed)} of {len(checks)} | "
                  f"{'; '.join(others) or '—'} |")
   return "\n".join(lines)
@@ -268,9 +321,20 @@ def document(runs, results_dir, budget, figures):
       "",
       f"ResNet-20; training on {_budget_line(runs)}; evaluation on {eval_line}. "
       "Accuracies in %, eps 8/255 (L-inf) for every attack. The paper's "
-      "numbers are on the original CIFAR-10 at the full 160-epoch budget.",
+      "numbers are on the original CIFAR-10 at the full 160-epoch budget. "
+      + attack_settings(runs),
       "",
       results_table(runs),
+      "",
+      "## Training cost and full-test-set accuracy",
+      "",
+      "Equal compute means equal epochs with the same PGD steps per batch. "
+      "Accuracies here are train.py's own end-of-run evaluation on every "
+      "held-out image (mean ± std over noise draws). Wall time and images/s "
+      "are as measured on a shared 2-core CPU whose load was not controlled, "
+      "so they bound the cost rather than rank the methods.",
+      "",
+      training_table(runs),
       "",
   ]
   if "accuracy_vs_sparsity.png" in figures:

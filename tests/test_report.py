@@ -21,6 +21,11 @@ def _write_run(results, variant, sparsity, accuracies):
                 "git_commit": "abc123", "date": "2026-11-25T00:00:00+00:00"}
   (folder / "metrics.json").write_text(json.dumps({
       "sparsity": {"overall": sparsity}, "provenance": provenance,
+      "epochs": {"train": 5, "finetune": 1}, "wall_seconds": 3600.0,
+      "training_images_per_second": {"train": [60.0, 90.0, 95.0]},
+      "config": {"loss": {"adversarial": True}, "attack": {"steps": 7}},
+      "clean_accuracy": {"mean": 0.6, "std": 0.003, "examples": 10000,
+                         "draws": 3},
       "data": {"source": "image_folder:/data", "train_examples": 50000,
                "eval_examples": 10000}}))
   sweep = [dict(_entry(a), eps=e / 255, steps=7)
@@ -59,6 +64,9 @@ def test_verdicts_follow_the_numbers(tmp_path):
   assert "2 of 8 variants evaluated" in text
   assert "| `pni_at`: PNI-W channel-wise + PGD-AT, dense | not run yet |" in text
   assert "more steps never help (FAIL: PGD-20 above PGD-7)" in text
+  assert ("| `rsr_85` | 5 + 1 | 7 | 60 min | 90 | 60.0 ± 0.3 (10,000 images, "
+          "3 draws) | — |") in text
+  assert "| `natural` | not run yet |" in text
   assert "`abc123`" in text and "python scripts/evaluate.py" in text
   for figure in ("accuracy_vs_sparsity.png", "accuracy_vs_eps.png"):
     assert (tmp_path / figure).stat().st_size > 0
