@@ -59,6 +59,17 @@ def training_curves(history, path, finetune_from=None, title=""):
   _save_atomic(figure, path)
 
 
+def _eps_axis(ax, ticks, ylabel, title):
+  # symlog keeps eps = 0 (the clean check) on the same axis as 64/255.
+  ax.set_xscale("symlog", linthresh=1)
+  ax.set(xlabel="eps (/255, symlog scale)", ylabel=ylabel,
+         title=title or "accuracy against eps", ylim=(0, 100),
+         xlim=(-0.3, max(list(ticks) + [1]) * 1.3))
+  ax.set_xticks(sorted(ticks))
+  ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  ax.grid(alpha=0.3)
+
+
 def accuracy_vs_eps(sweep, path, clean=None, title=""):
   """PGD accuracy against eps (in /255), with the spread over noise draws.
 
@@ -77,13 +88,7 @@ def accuracy_vs_eps(sweep, path, clean=None, title=""):
     ax.axhline(100 * clean["mean"], color="grey", linestyle="--",
                label=f"clean {100 * clean['mean']:.1f}%")
   ax.axhline(5, color="tab:red", linestyle=":", label="5% (sanity bound at 64/255)")
-  ax.set_xscale("symlog", linthresh=1)
-  ax.set(xlabel="eps (/255, symlog scale)", ylabel="accuracy (%)",
-         title=title or "accuracy against eps", ylim=(0, 100),
-         xlim=(-0.3, max(eps + [1]) * 1.3))
-  ax.set_xticks(eps)
-  ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-  ax.grid(alpha=0.3)
+  _eps_axis(ax, eps, "accuracy (%)", title)
   ax.legend()
   _save_atomic(figure, path)
 
@@ -104,12 +109,7 @@ def compare_accuracy_vs_eps(curves, path, title=""):
     ax.errorbar(eps, [100 * p["mean"] for p in sweep],
                 yerr=[100 * p["std"] for p in sweep], marker="o", capsize=3,
                 label=label)
-  ax.set_xscale("symlog", linthresh=1)
-  ax.set(xlabel="eps (/255, symlog scale)", ylabel="PGD accuracy (%)",
-         title=title or "accuracy against eps", ylim=(0, 100))
-  ax.set_xticks(sorted(ticks))
-  ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-  ax.grid(alpha=0.3)
+  _eps_axis(ax, ticks, "PGD accuracy (%)", title)
   ax.legend(fontsize=8)
   _save_atomic(figure, path)
 
