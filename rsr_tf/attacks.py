@@ -1,4 +1,7 @@
-"""White-box attacks on [0, 1] images, one function each, over CleverHans TF2."""
+"""Attacks on [0, 1] images, one function each: CleverHans TF2, and our APGD."""
+
+import functools
+import math
 
 import rsr_tf  # noqa: F401
 import numpy as np
@@ -184,78 +187,159 @@ def spsa(model_fn, x, y, eps, steps, samples=64, learning_rate=0.01, delta=0.01)
   return tf.concat(adversarial, axis=0)
 
 
-class _ExpectedLogits(tf.Module):
-  """Mean logits of `samples` noisy passes, compiled once; what ART attacks.
+def _dlr_loss(logits, labels):
+  """Difference of logits ratio (Croce & Hein 2020): scale-free margin loss."""
+  ranked = tf.sort(logits, axis=-1, direction="DESCENDING")
+  true = tf.gather(logits, labels, axis=-1, batch_dims=1)
+  others = tf.where(tf.one_hot(labels, tf.shape(logits)[-1]) > 0,
+                    tf.fill(tf.shape(logits), logits.dtype.min), logits)
+  margin = true - tf.reduce_max(others, axis=-1)
+  return -margin / (ranked[:, 0] - ranked[:, 2] + 1e-12)
 
-  ART's APGD re-wraps the model it is given and knows nothing of internal
-  noise, so the expectation lives in the model itself.
-  """
 
-  def __init__(self, model_fn, samples):
-    super().__init__()
-    self._samples = samples
-    self._model_fn = model_fn
-    self._mean = tf.function(self._mean_logits)
+_APGD_LOSSES = {
+    "ce": lambda logits, labels: tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=logits),
+    "dlr": _dlr_loss,
+}
 
-  def _mean_logits(self, x):
-    return tf.add_n([self._model_fn(x) for _ in range(self._samples)]) / float(
-        self._samples)
 
-  def __call__(self, x, training=False):
-    del training  # attacks always see inference mode
-    return self._mean(tf.convert_to_tensor(x, tf.float32))
+@functools.lru_cache(maxsize=16)
+def _expected_loss_and_grad(model_fn, eot_samples, loss):
+  """Compiled once per (model, draws, loss): mean loss over noise draws, its
+  gradient (EOT), and the mean logits."""
+  loss_fn = _APGD_LOSSES[loss]
+
+  @tf.function(reduce_retracing=True)
+  def run(x, labels):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      # Separate calls, not a tiled batch: each call draws its own weight noise.
+      logits = [tf.cast(model_fn(x), tf.float32) for _ in range(eot_samples)]
+      losses = tf.add_n([loss_fn(z, labels) for z in logits]) / eot_samples
+    return losses, tape.gradient(losses, x), tf.add_n(logits) / eot_samples
+
+  return run
+
+
+def apgd_checkpoints(steps):
+  """Iterations (1-based) at which APGD reviews its step size, with the
+  window each review looks back over: windows of 22% of the budget, shrinking
+  by 3% per review down to 6% (Croce & Hein 2020, section 3.2)."""
+  checkpoints, at = [], 0
+  window = max(math.ceil(0.22 * steps), 1)
+  shrink, floor = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+  while at + window <= steps:
+    at += window
+    checkpoints.append((at, window))
+    window = max(window - shrink, floor)
+  return checkpoints
+
+
+def _apgd_run(step_fn, x, labels, eps, steps, seed):
+  """One APGD run from a random start; returns (images, fooled, loss)."""
+  def project(z):
+    return tf.clip_by_value(tf.clip_by_value(z, x - eps, x + eps), 0.0, 1.0)
+
+  def per_example(mask):
+    return tf.reshape(mask, [-1] + [1] * (len(x.shape) - 1))
+
+  x_k = project(x + tf.random.stateless_uniform(x.shape, seed, -eps, eps))
+  loss, grad, logits = step_fn(x_k, labels)
+  fooled = tf.argmax(logits, -1, output_type=labels.dtype) != labels
+  found = x_k
+  best_x, best_grad, best_loss = x_k, grad, loss
+  x_prev, last_loss = x_k, loss
+  step = tf.fill(tf.shape(labels), 2.0 * eps)
+  increases = tf.zeros_like(loss)
+  loss_at_review, halved_at_review = loss, tf.zeros_like(fooled)
+  reviews = dict(apgd_checkpoints(steps))
+  for k in range(1, steps + 1):
+    momentum = 1.0 if k == 1 else 0.75
+    z = project(x_k + per_example(step) * tf.sign(grad))
+    x_prev, x_k = x_k, project(x_k + momentum * (z - x_k)
+                               + (1 - momentum) * (x_k - x_prev))
+    loss, grad, logits = step_fn(x_k, labels)
+    fooled_now = tf.argmax(logits, -1, output_type=labels.dtype) != labels
+    found = tf.where(per_example(fooled_now), x_k, found)
+    fooled |= fooled_now
+    increases += tf.cast(loss > last_loss, tf.float32)
+    last_loss = loss
+    better = loss > best_loss
+    best_x = tf.where(per_example(better), x_k, best_x)
+    best_grad = tf.where(per_example(better), grad, best_grad)
+    best_loss = tf.maximum(loss, best_loss)
+    if k in reviews:
+      # Halve where the loss rose in too few steps, or where neither the step
+      # nor the best loss moved since the last review; restart from the best.
+      stalled = (increases < 0.75 * reviews[k]) | (
+          ~halved_at_review & (best_loss <= loss_at_review))
+      step = tf.where(stalled, step / 2, step)
+      x_k = tf.where(per_example(stalled), best_x, x_k)
+      x_prev = tf.where(per_example(stalled), best_x, x_prev)
+      grad = tf.where(per_example(stalled), best_grad, grad)
+      halved_at_review, loss_at_review = stalled, best_loss
+      increases = tf.zeros_like(increases)
+  # A noisy model can dodge a point once and not the next time, so an example
+  # never seen fooled keeps the highest expected loss found, not its start.
+  return tf.where(per_example(fooled), found, best_x), fooled, best_loss
 
 
 def apgd(model_fn, x, y, eps, loss="ce", steps=100, eot_samples=1, restarts=1,
-         num_classes=10, batch_size=128):
-  """Auto-PGD (Croce & Hein 2020) through adversarial-robustness-toolbox.
+         num_classes=10, batch_size=128, seed=0):
+  """Auto-PGD (Croce & Hein 2020) with EOT over the model's internal noise.
 
-  With `eot_samples` > 1 the attacked function is the mean of that many
-  noisy passes' logits, an expectation over the model's internal noise,
-  as AutoAttack's "rand" version does with its EOT iterations.
+  Every step follows the gradient of the loss averaged over `eot_samples`
+  noise draws (AutoAttack's "rand" version). The step size starts at 2 eps
+  and halves per example when progress stalls. Per example the result is a
+  point the mean-logit prediction got wrong if one was met, otherwise the
+  point of highest expected loss: never the random start by default.
 
   Args:
-    model_fn: map from [0, 1] images to logits (stochastic or not).
-    x: numpy images in [0, 1], [N, H, W, C].
-    y: numpy int labels [N].
+    model_fn: map from [0, 1] images to logits (stochastic or not); reuse
+      one callable, as the compiled step is cached on it.
+    x: images in [0, 1], [N, H, W, C] (numpy or tensor).
+    y: int labels [N].
     eps: L-inf budget, a python float.
-    loss: "ce" (APGD-CE) or "dlr" (APGD-DLR).
+    loss: "ce" (APGD-CE) or "dlr" (APGD-DLR, needs >= 3 classes).
     steps: iterations per restart.
-    eot_samples: noise draws averaged per forward pass.
-    restarts: random starts; ART keeps the first that succeeds per example.
+    eot_samples: noise draws averaged per step.
+    restarts: random starts; per example a fooling one wins, else the
+      highest loss.
     num_classes: width of the logits.
-    batch_size: ART's batch size.
+    batch_size: examples per compiled step.
+    seed: seed of the random starts.
 
   Returns:
     numpy adversarial images, within eps of `x`.
   """
-  losses = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}
-  if loss not in losses:
-    raise ValueError(f"loss must be one of {sorted(losses)}, got {loss!r}")
+  if loss not in _APGD_LOSSES:
+    raise ValueError(f"loss must be one of {sorted(_APGD_LOSSES)}, got {loss!r}")
+  if loss == "dlr" and num_classes < 3:
+    raise ValueError("APGD-DLR needs at least 3 classes")
   _check_static(eps, steps=steps)
-  if not isinstance(eot_samples, int) or eot_samples < 1:
-    raise ValueError(f"eot_samples must be an int >= 1, got {eot_samples!r}")
+  for name, value in (("eot_samples", eot_samples), ("restarts", restarts)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}")
   x = np.asarray(x, np.float32)
   if x.min() < 0 or x.max() > 1:
     raise ValueError("apgd input must be images in [0, 1]")
   if eps == 0.0:
     return x
-  import logging  # noqa: E402
-  logging.getLogger("art").setLevel(logging.WARNING)  # its import logs paths
-  try:
-    from art.attacks.evasion import AutoProjectedGradientDescent
-    from art.estimators.classification import TensorFlowV2Classifier
-  except ImportError as e:
-    raise ImportError("APGD needs adversarial-robustness-toolbox: "
-                      "pip install adversarial-robustness-toolbox==1.20.1") from e
-  import tf_keras as keras  # noqa: E402  (rsr_tf chose Keras 2 already)
-  classifier = TensorFlowV2Classifier(
-      model=_ExpectedLogits(model_fn, eot_samples), nb_classes=num_classes,
-      input_shape=x.shape[1:], clip_values=(0.0, 1.0),
-      loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  attack = AutoProjectedGradientDescent(
-      classifier, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
-      nb_random_init=restarts, batch_size=batch_size, loss_type=losses[loss],
-      verbose=False)
-  one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(y, np.int64)]
-  return attack.generate(x=x, y=one_hot).astype(np.float32)
+  step_fn = _expected_loss_and_grad(model_fn, eot_samples, loss)
+  out = np.empty_like(x)
+  for start in range(0, len(x), batch_size):
+    xb = tf.constant(x[start:start + batch_size])
+    yb = tf.constant(np.asarray(y[start:start + batch_size], np.int32))
+    best, fooled, best_loss = None, None, None
+    for restart in range(restarts):
+      adv, hit, value = _apgd_run(step_fn, xb, yb, eps, steps,
+                                  seed=[seed, start + restart * len(x)])
+      if best is None:
+        best, fooled, best_loss = adv, hit, value
+        continue
+      take = (hit & ~fooled) | ((hit == fooled) & (value > best_loss))
+      best = tf.where(tf.reshape(take, [-1, 1, 1, 1]), adv, best)
+      fooled, best_loss = fooled | hit, tf.where(take, value, best_loss)
+    out[start:start + batch_size] = best.numpy()
+  return out

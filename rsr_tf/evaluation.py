@@ -307,10 +307,10 @@ def run_suite(target, x, y, config, source=None):
                 steps=c.apgd_steps, eot_samples=c.apgd_eot_samples,
                 restarts=c.apgd_restarts, num_classes=target.num_classes,
                 batch_size=bs),
-            craft_batch=len(y),  # one ART call: it batches, and traces once
+            craft_batch=len(y),  # apgd batches itself
             kind="white-box", eps=eps, steps=c.apgd_steps,
             restarts=c.apgd_restarts, eot_samples=c.apgd_eot_samples,
-            crafted="once", library="adversarial-robustness-toolbox")
+            crafted="once")
   if "transfer" in wanted:
     if source is None:
       skipped["transfer"] = "no --source_model given"
@@ -424,6 +424,11 @@ def sanity_checks(suite):
       lambda: r["eot_pgd"]["mean"] <= r["pgd"]["mean"] + _tolerance(
           r["eot_pgd"], r["pgd"]),
       lambda: f"EOT-PGD {pct(r['eot_pgd'])} vs PGD {pct(r['pgd'])}")
+  add("APGD with EOT is at least as strong as PGD (APGD-CE <= PGD)",
+      ["apgd_ce", "pgd"],
+      lambda: r["apgd_ce"]["mean"] <= r["pgd"]["mean"] + _tolerance(
+          r["apgd_ce"], r["pgd"]),
+      lambda: f"APGD-CE {pct(r['apgd_ce'])} vs PGD {pct(r['pgd'])}")
   return checks
 
 

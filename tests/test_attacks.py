@@ -65,3 +65,85 @@ def test_attack_calls_do_not_advance_the_pruning_step():
   attacks.pgd(attacks.inference_fn(model), tf.random.uniform((2, 8, 8, 3)),
               [0, 1], eps=EPS, step_size=EPS, steps=2)
   assert all(int(w.pruning_step) == 0 for w in wrappers)
+
+
+def _linear_model(weights, bias, noise=0.0, seed=0):
+  """logits = x . W + b + noise * eta, with fresh eta on every call.
+
+  Noise added to the logits leaves the worst point where it was (the
+  expected CE still falls with the margin), while predictions flicker.
+  """
+  gen = tf.random.Generator.from_seed(seed)
+  w, b = tf.constant(weights, tf.float32), tf.constant(bias, tf.float32)
+
+  def model_fn(x):
+    flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    logits = flat @ w + b
+    return logits + noise * gen.normal(tf.shape(logits))
+  return model_fn
+
+
+def _worst_corner(x, weights, y, eps):
+  """The exact CE maximiser of a 2-class linear model inside the eps-ball."""
+  direction = weights[:, 1] - weights[:, 0]  # d(margin of class 1) / dx
+  sign = np.where(y[:, None] == 1, -1.0, 1.0) * np.sign(direction)[None]
+  return np.clip(x.reshape(len(x), -1) + eps * sign, 0, 1).reshape(x.shape)
+
+
+@pytest.mark.parametrize("noise", [0.0, 2.0])
+def test_apgd_finds_the_worst_point_of_a_linear_model(noise):
+  # Inside the ball the CE of a 2-class linear model peaks at one corner, for
+  # the examples the attack flips and for those it cannot. With noise the
+  # prediction flickers, which must not make the attack hand back a weaker
+  # point (such as its random start) for the examples it did not flip.
+  rng = np.random.default_rng(0)
+  weights = 3 * rng.normal(size=(4 * 4 * 3, 2)).astype(np.float32)
+  x = rng.uniform(0.25, 0.75, size=(32, 4, 4, 3)).astype(np.float32)
+  eps = 2 / 255
+  margins = x.reshape(32, -1) @ (weights[:, 1] - weights[:, 0])
+  bias = np.array([margins.mean(), 0], np.float32)
+  y = (margins - margins.mean() > 0).astype(np.int64)  # the model's own labels
+  corner = _worst_corner(x, weights, y, eps)
+  worst = np.abs(corner.reshape(32, -1) @ (weights[:, 1] - weights[:, 0])
+                 - margins.mean())
+  assert (worst > 3).sum() >= 4, "some examples must survive the attack"
+  x_adv = attacks.apgd(_linear_model(weights, bias, noise=noise), x, y,
+                       eps=eps, steps=10, num_classes=2,
+                       eot_samples=1 if noise == 0 else 8, batch_size=16)
+  np.testing.assert_allclose(x_adv, corner, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_stays_in_the_ball_and_beats_its_random_start(loss):
+  model = tiny_model()
+  model_fn = attacks.inference_fn(model)
+  x = np.random.default_rng(1).uniform(size=(6, 8, 8, 3)).astype(np.float32)
+  x[0], x[1] = 0.0, 1.0
+  y = np.array([0, 1, 2, 0, 1, 2])
+  x_adv = attacks.apgd(model_fn, x, y, eps=EPS, loss=loss, steps=6,
+                       eot_samples=2, restarts=2, num_classes=3, batch_size=4)
+  assert np.max(np.abs(x_adv - x)) <= EPS + 1e-6
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  assert np.max(np.abs(x_adv - x)) > EPS / 2, "the attack moved"
+
+
+def test_apgd_checkpoints_follow_the_paper():
+  # 100 steps: reviews after 22, 19, 16, 13, 10, 7, 6, 6 more steps.
+  assert attacks.apgd_checkpoints(100)[:4] == [(22, 22), (41, 19), (57, 16), (70, 13)]
+  assert all(w >= 6 for _, w in attacks.apgd_checkpoints(100))
+  assert attacks.apgd_checkpoints(100)[-1][0] <= 100
+  assert attacks.apgd_checkpoints(1) == [(1, 1)]
+
+
+def test_apgd_bad_arguments_are_named():
+  model_fn = attacks.inference_fn(tiny_model())
+  x = np.zeros((1, 8, 8, 3), np.float32)
+  with pytest.raises(ValueError, match="loss must be one of"):
+    attacks.apgd(model_fn, x, [0], eps=EPS, loss="l2")
+  with pytest.raises(ValueError, match="at least 3 classes"):
+    attacks.apgd(model_fn, x, [0], eps=EPS, loss="dlr", num_classes=2)
+  with pytest.raises(ValueError, match="eot_samples must be"):
+    attacks.apgd(model_fn, x, [0], eps=EPS, eot_samples=0)
+  with pytest.raises(ValueError, match="images in"):
+    attacks.apgd(model_fn, x + 2, [0], eps=EPS)
+  np.testing.assert_array_equal(attacks.apgd(model_fn, x, [0], eps=0.0), x)

@@ -123,7 +123,7 @@ def test_sanity_checks_on_planted_results():
                        "pgd": {**_entry(0.4), "on_blackbox_subset": _entry(0.4)},
                        "pgd_strong": _entry(0.45, steps=20),
                        "eot_pgd": _entry(0.6), "transfer": _entry(0.7),
-                       "spsa": _entry(0.3)},
+                       "spsa": _entry(0.3), "apgd_ce": _entry(0.5)},
            "eps_sweep": [{**_entry(0.8), "eps": 0.0}, {**_entry(0.6), "eps": 4 / 255},
                          {**_entry(0.7), "eps": 8 / 255},
                          {**_entry(0.02), "eps": 64 / 255}],
@@ -138,7 +138,10 @@ def test_sanity_checks_on_planted_results():
       "black-box transfer is weaker than white-box (transfer >= PGD)": "PASS",
       "black-box queries are weaker than white-box (SPSA >= PGD, same images)": "FAIL",
       "EOT does not help the model (EOT-PGD <= PGD)": "FAIL",
+      "APGD with EOT is at least as strong as PGD (APGD-CE <= PGD)": "FAIL",
   }
+  suite["results"]["apgd_ce"] = _entry(0.38)
+  assert evaluation.sanity_checks(suite)[-1]["status"] == "PASS"
   suite["results"] = {"clean": _entry(0.8)}
   suite["eps_sweep"] = []
   assert {c["status"] for c in evaluation.sanity_checks(suite)} == {"SKIPPED"}
@@ -228,7 +231,7 @@ def test_evaluate_script_end_to_end(tmp_path):
   for entry in report["suite"]["results"].values():
     assert entry["draws"] == 2 and len(entry["per_draw"]) == 2
   assert [p["eps_255"] for p in report["suite"]["eps_sweep"]] == [0, 8, 64]
-  assert len(report["sanity_checks"]) == 8
+  assert len(report["sanity_checks"]) == 9
   assert report["model"]["sha256"] and report["provenance"]["git_commit"]
   assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
   markdown = (out / "eval.md").read_text()
