@@ -34,7 +34,7 @@ VARIANTS = ("at", "rsr_85", "pni_at", "at_prune_85", "natural", "rsr_50",
             "rsr_70", "rsr_95")
 TRANSFER_SOURCE = "at"
 EVAL_ATTACKS = ("clean", "fgsm", "pgd", "pgd_strong", "eot_pgd", "apgd_ce",
-                "apgd_dlr", "transfer", "eps_sweep")
+                "apgd_dlr", "transfer", "spsa", "eps_sweep")
 STEPS = ("train", "evaluate", "collect")
 
 

@@ -61,6 +61,8 @@ def test_verdicts_follow_the_numbers(tmp_path):
   assert "**yes**" in lines["- **PGD-7"] and "+15.0 points" in lines["- **PGD-7"]
   assert "no difference beyond the noise" in lines["- **EOT-PGD"]
   assert "no, it is worse" in lines["- **APGD-CE with EOT"]
+  assert ("RSR 85% 20.0% (APGD-CE (EOT)) against dense PGD-AT 30.0% (PGD-7)"
+          in lines["- **Strongest white-box attack on each"])
   assert "2 of 8 variants evaluated" in text
   assert "| `pni_at`: PNI-W channel-wise + PGD-AT, dense | not run yet |" in text
   assert "more steps never help (FAIL: PGD-20 above PGD-7)" in text
