@@ -219,6 +219,12 @@ def _pgd_craft(model_fn, eps, step_size, steps, restarts):
   return _compiled(craft)
 
 
+# Attacks on the whole evaluation set whose per-example results combine into
+# the worst case (SPSA runs on a subset, so it stays out).
+ENSEMBLE = ("fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce", "apgd_dlr",
+            "transfer")
+
+
 def run_suite(target, x, y, config, source=None):
   """Runs every attack in `config.attacks` that applies to `target`.
 
@@ -333,6 +339,14 @@ def run_suite(target, x, y, config, source=None):
       n = results["spsa"]["examples"]
       results["pgd"]["on_blackbox_subset"] = _summary(correct_of["pgd"][:, :n])
 
+  ensemble = [n for n in ENSEMBLE if n in correct_of and n in c.attacks]
+  if len(ensemble) >= 2:
+    # As AutoAttack scores its ensemble: an example survives a pass only if
+    # every attack's image failed in that pass.
+    survived = np.logical_and.reduce([correct_of[n] for n in ensemble])
+    results["worst_case"] = _entry(
+        survived, kind="per-example worst case", eps=eps, crafted="none",
+        seconds=0.0, attacks=ensemble)
   if "eps_sweep" in wanted:
     points = sorted(set(c.eps_sweep) | {STRONG_EPS})
     for point in points:
@@ -455,11 +469,11 @@ def accuracy_over_draws(model, dataset, draws, attack=None, label=""):
 
 
 _ORDER = ("clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
-          "apgd_dlr", "transfer", "spsa")
+          "apgd_dlr", "transfer", "spsa", "worst_case")
 _NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd": "PGD", "pgd_strong": "PGD",
           "mim": "MIM", "eot_pgd": "EOT-PGD", "apgd_ce": "APGD-CE (EOT)",
           "apgd_dlr": "APGD-DLR (EOT)", "transfer": "Transfer PGD",
-          "spsa": "SPSA"}
+          "spsa": "SPSA", "worst_case": "Worst case of the attacks above"}
 
 
 def report_markdown(report):

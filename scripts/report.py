@@ -47,7 +47,7 @@ PAPER = {
     "pni_at": "85.17 / 48.40 / 56.51 (ResNet-20, PNI paper)",
     "rsr_85": "+0.68 clean, +8.72 PGD over its own PGD-AT (ResNet-18, RSR paper)",
 }
-NAMES = dict(ATTACKS, mim="MIM")
+NAMES = dict(ATTACKS, mim="MIM", worst_case="every attack, per example")
 # The questions the reproduction answers: (attack, header) at equal compute.
 QUESTION_ATTACKS = (("pgd", "PGD-7"), ("eot_pgd", "EOT-PGD"),
                     ("apgd_ce", "APGD-CE with EOT"),
@@ -95,12 +95,13 @@ def standard_error(entry):
 
 
 def strongest(run):
-  """(attack, entry) of the white-box attack with the lowest mean accuracy.
+  """(attack, entry): the tightest upper bound on robust accuracy we have.
 
-  Each attack's accuracy bounds the true robust accuracy from above, so the
-  lowest is the tightest bound we have (a per-example worst case would be
-  tighter still).
+  That is the per-example worst case over every attack (evaluate.py's
+  `worst_case`) where recorded, else the attack with the lowest mean.
   """
+  if attack_entry(run, "worst_case") is not None:
+    return "worst_case", attack_entry(run, "worst_case")
   found = [(a, attack_entry(run, a)) for a in WHITE_BOX]
   found = [(a, e) for a, e in found if e is not None]
   return min(found, key=lambda p: p[1]["mean"]) if found else (None, None)
@@ -135,7 +136,7 @@ def compare(rsr, baseline, attack):
 
 def results_table(runs):
   header = (["variant", "sparsity"] + [h for _, h in ATTACKS]
-            + ["strongest white-box", "paper: clean / PGD / FGSM"])
+            + ["worst case", "paper: clean / PGD / FGSM"])
   lines = ["| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for name, what in VARIANTS:
@@ -218,7 +219,7 @@ def answer(runs):
     diff = ea["mean"] - eb["mean"]
     margin = 2 * math.sqrt(standard_error(ea) ** 2 + standard_error(eb) ** 2)
     lines.append(
-        f"- **Strongest white-box attack on each:** RSR 85% {100 * ea['mean']:.1f}% "
+        f"- **Worst case over the attacks run on each:** RSR 85% {100 * ea['mean']:.1f}% "
         f"({NAMES[a]}) against dense PGD-AT {100 * eb['mean']:.1f}% ({NAMES[b]}), "
         f"{100 * diff:+.1f} points (±{100 * margin:.1f}).")
   paper_gap = compare(runs["rsr_85"], runs["at"], "clean")

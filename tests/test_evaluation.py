@@ -227,7 +227,9 @@ def test_evaluate_script_end_to_end(tmp_path):
   report = json.loads((out / "eval.json").read_text())
   ran = set(report["suite"]["results"])
   assert ran == {"clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
-                 "apgd_dlr", "transfer", "spsa"}
+                 "apgd_dlr", "transfer", "spsa", "worst_case"}
+  assert report["suite"]["results"]["worst_case"]["attacks"] == [
+      "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce", "apgd_dlr", "transfer"]
   for entry in report["suite"]["results"].values():
     assert entry["draws"] == 2 and len(entry["per_draw"]) == 2
   assert [p["eps_255"] for p in report["suite"]["eps_sweep"]] == [0, 8, 64]
@@ -253,3 +255,20 @@ def test_a_tflite_target_gets_clean_and_black_box_attacks_only(tmp_path):
                                source=evaluation.from_keras(model))
   assert set(suite["results"]) == {"clean", "transfer"}
   assert "not differentiable" in suite["skipped"]["pgd"]
+
+
+def test_worst_case_is_per_example_and_per_pass(monkeypatch):
+  # Each attack alone leaves half the examples standing, but different halves,
+  # so the per-example worst case is 0; a per-attack minimum would say 50%.
+  planted = {"clean": [[1, 1, 1, 1], [1, 1, 1, 1]],
+             "FGSM": [[1, 1, 0, 0], [1, 0, 1, 0]],
+             "PGD-2": [[0, 0, 1, 1], [0, 1, 0, 1]]}
+  monkeypatch.setattr(evaluation, "_measure", lambda target, x, y, draws, label,
+                      **kw: np.array(planted[label], bool))
+  cfg = config_lib.EvalConfig(attacks=("clean", "fgsm", "pgd"), noise_draws=2,
+                              steps=2, batch_size=4)
+  x, y = colour_data(4)
+  suite = evaluation.run_suite(evaluation.from_keras(tiny_model()), x, y, cfg)
+  worst = suite["results"]["worst_case"]
+  assert worst["mean"] == 0.0 and worst["attacks"] == ["fgsm", "pgd"]
+  assert suite["results"]["pgd"]["mean"] == 0.5

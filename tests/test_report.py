@@ -54,15 +54,16 @@ def test_verdicts_follow_the_numbers(tmp_path):
                                    "apgd_ce": 0.30, "apgd_dlr": 0.30})
   _write_run(tmp_path, "rsr_85", 0.85, {"clean": 0.60, "pgd": 0.45,
                                         "eot_pgd": 0.305, "apgd_ce": 0.20,
-                                        "apgd_dlr": 0.30})
+                                        "apgd_dlr": 0.30, "worst_case": 0.18})
   text = _report(tmp_path)
   lines = {line.split(":**")[0]: line for line in text.splitlines()
            if line.startswith("- **")}
   assert "**yes**" in lines["- **PGD-7"] and "+15.0 points" in lines["- **PGD-7"]
   assert "no difference beyond the noise" in lines["- **EOT-PGD"]
   assert "no, it is worse" in lines["- **APGD-CE with EOT"]
-  assert ("RSR 85% 20.0% (APGD-CE (EOT)) against dense PGD-AT 30.0% (PGD-7)"
-          in lines["- **Strongest white-box attack on each"])
+  assert ("RSR 85% 18.0% (every attack, per example) against dense PGD-AT "
+          "30.0% (PGD-7)"
+          in lines["- **Worst case over the attacks run on each"])
   assert "2 of 8 variants evaluated" in text
   assert "| `pni_at`: PNI-W channel-wise + PGD-AT, dense | not run yet |" in text
   assert "more steps never help (FAIL: PGD-20 above PGD-7)" in text
