@@ -106,6 +106,7 @@ def main(argv):
   _cli.check_output_dir(FLAGS.output_dir)
 
   _cli.quiet_tensorflow_startup()
+  import numpy as np  # noqa: E402
   from rsr_tf import data as data_lib  # noqa: E402
   from rsr_tf import evaluation  # noqa: E402
   from rsr_tf import outputs  # noqa: E402
@@ -123,6 +124,7 @@ def main(argv):
   print(f"evaluating {FLAGS.model} on {len(y)} images of {data.source}",
         file=sys.stderr, flush=True)
   suite = evaluation.run_suite(target, x, y, config, source=source)
+  per_example = suite.pop("per_example")
   checks = evaluation.sanity_checks(suite)
   report = {
       "model": {"path": os.path.abspath(FLAGS.model),
@@ -140,6 +142,10 @@ def main(argv):
   }
   out = FLAGS.output_dir
   outputs.write_json_atomic(os.path.join(out, "eval.json"), report)
+  # [passes, examples] correctness per attack, so the worst case (or any other
+  # combination) can be recomputed without attacking again.
+  with outputs.atomic_path(os.path.join(out, "per_example.npz")) as tmp:
+    np.savez_compressed(tmp, labels=y, **per_example)
   if suite["eps_sweep"]:
     plotting.accuracy_vs_eps(suite["eps_sweep"],
                              os.path.join(out, "accuracy_vs_eps.png"),

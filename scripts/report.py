@@ -389,8 +389,9 @@ def document(runs, results_dir, budget, figures):
       "for every example a single noisy check calls robust, which scored "
       "RSR 85% at 22.5% under APGD-CE (`cpu/rsr_85/eval.json` at commit "
       f"4acb7d9) where ours measures {_ours_apgd(runs)}. The worst case "
-      "counts an example as robust only if it survives every attack in the "
-      "same pass.",
+      "picks per example the attack that does best against it on half of the "
+      "noise passes and scores it on the other half (`per_example.npz` holds "
+      "the per-example results).",
       "",
       "## Sanity checks (Carlini et al., 2019)",
       "",

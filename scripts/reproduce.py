@@ -166,7 +166,8 @@ def collect(variant):
   run_dir = _run_dir(variant)
   target = os.path.join(FLAGS.results_dir, FLAGS.budget, variant)
   copies = [(name, os.path.join(target, os.path.basename(name)))
-            for name in ("metrics.json", "eval/eval.json", "eval/eval.md")]
+            for name in ("metrics.json", "eval/eval.json", "eval/eval.md",
+                         "eval/per_example.npz")]
   copies.append(("model.keras", os.path.join(
       FLAGS.results_dir, "models", FLAGS.budget, f"{variant}.keras")))
   copied = [(os.path.join(run_dir, name), to) for name, to in copies

@@ -234,6 +234,10 @@ def test_evaluate_script_end_to_end(tmp_path):
     assert entry["draws"] == 2 and len(entry["per_draw"]) == 2
   assert [p["eps_255"] for p in report["suite"]["eps_sweep"]] == [0, 8, 64]
   assert len(report["sanity_checks"]) == 9
+  per_example = np.load(out / "per_example.npz")
+  assert per_example["pgd"].shape == (2, 40) and per_example["labels"].shape == (40,)
+  assert per_example["pgd"].mean() == pytest.approx(
+      report["suite"]["results"]["pgd"]["mean"])
   assert report["model"]["sha256"] and report["provenance"]["git_commit"]
   assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
   markdown = (out / "eval.md").read_text()
@@ -257,18 +261,25 @@ def test_a_tflite_target_gets_clean_and_black_box_attacks_only(tmp_path):
   assert "not differentiable" in suite["skipped"]["pgd"]
 
 
-def test_worst_case_is_per_example_and_per_pass(monkeypatch):
-  # Each attack alone leaves half the examples standing, but different halves,
-  # so the per-example worst case is 0; a per-attack minimum would say 50%.
-  planted = {"clean": [[1, 1, 1, 1], [1, 1, 1, 1]],
-             "FGSM": [[1, 1, 0, 0], [1, 0, 1, 0]],
-             "PGD-2": [[0, 0, 1, 1], [0, 1, 0, 1]]}
+def test_worst_case_picks_an_attack_per_example_without_noise_luck(monkeypatch):
+  # 4 passes, 3 examples. Example 0 falls to FGSM every time, example 2 to
+  # PGD; example 1 falls to each attack in half the passes, independently.
+  # Honest: 0, 0.5, 0 -> 1/6. An AND within passes would say 0 (luck counts
+  # as a win); the better attack's mean would say 1/2 (no per-example choice).
+  planted = {"clean": np.ones((4, 3)),
+             "FGSM": [[0, 1, 1], [0, 0, 1], [0, 0, 1], [0, 1, 1]],
+             "PGD-2": [[1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0]]}
   monkeypatch.setattr(evaluation, "_measure", lambda target, x, y, draws, label,
                       **kw: np.array(planted[label], bool))
-  cfg = config_lib.EvalConfig(attacks=("clean", "fgsm", "pgd"), noise_draws=2,
+  cfg = config_lib.EvalConfig(attacks=("clean", "fgsm", "pgd"), noise_draws=4,
                               steps=2, batch_size=4)
-  x, y = colour_data(4)
+  x, y = colour_data(3)
   suite = evaluation.run_suite(evaluation.from_keras(tiny_model()), x, y, cfg)
   worst = suite["results"]["worst_case"]
-  assert worst["mean"] == 0.0 and worst["attacks"] == ["fgsm", "pgd"]
-  assert suite["results"]["pgd"]["mean"] == 0.5
+  assert worst["mean"] == pytest.approx(1 / 6) and worst["attacks"] == ["fgsm", "pgd"]
+  assert suite["results"]["fgsm"]["mean"] == pytest.approx(0.5)
+  assert suite["results"]["pgd"]["mean"] == pytest.approx(0.5)
+  assert suite["per_example"]["pgd"].shape == (4, 3)
+  # One pass: nothing to cross-fit with, so the plain AND.
+  assert evaluation.worst_case(np.array(planted["FGSM"])[None, :1].repeat(2, 0)
+                               ).shape == (1, 3)
