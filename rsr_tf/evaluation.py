@@ -375,7 +375,7 @@ def worst_case(correct):
   extra noise draw per attack, so a noisy model loses examples to luck.
   Instead the attack is picked per example on half of the passes (even or
   odd) and scored on the other half, and the halves swap (cross-fitting).
-  A deterministic model gets the plain per-example worst case.
+  With one pass there is nothing to cross-fit with: the plain AND.
 
   Args:
     correct: bool [attacks, passes, examples].
