@@ -339,12 +339,10 @@ def run_suite(target, x, y, config, source=None):
       n = results["spsa"]["examples"]
       results["pgd"]["on_blackbox_subset"] = _summary(correct_of["pgd"][:, :n])
 
-  ensemble = [n for n in ENSEMBLE if n in correct_of and n in c.attacks]
-  if len(ensemble) >= 2:
-    results["worst_case"] = _entry(
-        worst_case(np.stack([correct_of[n] for n in ensemble])),
-        kind="per-example worst case", eps=eps, crafted="none", seconds=0.0,
-        attacks=ensemble)
+  entry = worst_case_entry({n: v for n, v in correct_of.items()
+                            if n in c.attacks}, eps)
+  if entry:
+    results["worst_case"] = entry
   if "eps_sweep" in wanted:
     points = sorted(set(c.eps_sweep) | {STRONG_EPS})
     for point in points:
@@ -390,9 +388,25 @@ def worst_case(correct):
   even = np.arange(passes) % 2 == 0
   out = np.empty((passes, n), bool)
   for pick, score in ((even, ~even), (~even, even)):
-    choice = correct[:, pick].mean(axis=1).argmin(axis=0)  # [examples]
+    seen = correct[:, pick].mean(axis=1)  # [attacks, examples]
+    # Ties (an example every attack fooled, or none did, in the half seen)
+    # go to the attack strongest over the whole half, not to the first listed.
+    strength = seen.mean(axis=1)
+    choice = np.lexsort((np.broadcast_to(strength[:, None], seen.shape), seen),
+                        axis=0)[0]
     out[score] = correct[choice, :, np.arange(n)].T[score]
   return out
+
+
+def worst_case_entry(correct_of, eps):
+  """eval.json's "worst_case" entry over the whole-set attacks in
+  `correct_of` ({attack: bool [passes, examples]}), or None if < 2 ran."""
+  ensemble = [n for n in ENSEMBLE if n in correct_of]
+  if len(ensemble) < 2:
+    return None
+  return _entry(worst_case(np.stack([correct_of[n] for n in ensemble])),
+                kind="per-example worst case", eps=eps, crafted="none",
+                seconds=0.0, attacks=ensemble)
 
 
 def _tolerance(a, b):
@@ -545,4 +559,8 @@ def report_markdown(report):
   lines += ["", "## Reproduce", "", f"    {p['command']}", "",
             f"git commit {p['git_commit']}, {p['date']}; model sha256 "
             f"{report['model']['sha256']}."]
+  for again in report.get("rescored", []):
+    lines += ["", "Worst case and sanity checks re-derived from per_example.npz "
+              f"(no new attacks) by `{again['command']}`, git commit "
+              f"{again['git_commit']}, {again['date']}."]
   return "\n".join(lines) + "\n"

@@ -36,6 +36,9 @@ def define_flags():
                       "ResNet-20, or the Keras twin of a .tflite target.")
   flags.DEFINE_string("output_dir", None, "Where eval.json, eval.md and "
                       "accuracy_vs_eps.png go.")
+  flags.DEFINE_bool("rescore", False, "Recompute the worst case and the sanity "
+                    "checks of the evaluation already in --output_dir from its "
+                    "per_example.npz, without attacking again (--model unused).")
   _cli.define_data_flags(eval_limit=1000, training=False)
   flags.adopt_module_key_flags(_cli)
   flags.DEFINE_list("attacks", list(config_lib.EVAL_ATTACKS),
@@ -86,9 +89,41 @@ def config_from_flags():
       eps_sweep=sweep, batch_size=FLAGS.batch_size, seed=FLAGS.seed).validate()
 
 
+def rescore(out):
+  """Re-derives what eval.json computes from per-example results, in place."""
+  paths = [os.path.join(out, n) for n in ("eval.json", "per_example.npz")]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    _cli.fail(f"--rescore: {missing[0]} does not exist (evaluate first)")
+  _cli.quiet_tensorflow_startup()
+  import json  # noqa: E402
+  import numpy as np  # noqa: E402
+  from rsr_tf import evaluation  # noqa: E402
+  from rsr_tf import outputs  # noqa: E402
+  with open(paths[0]) as f:
+    report = json.load(f)
+  with np.load(paths[1]) as saved:
+    per_example = {n: saved[n] for n in saved.files if n != "labels"}
+  suite = report["suite"]
+  suite["results"].pop("worst_case", None)
+  entry = evaluation.worst_case_entry(per_example, report["config"]["eps"])
+  if entry:
+    suite["results"]["worst_case"] = entry
+  report["sanity_checks"] = evaluation.sanity_checks(suite)
+  report.setdefault("rescored", []).append(outputs.provenance())
+  outputs.write_json_atomic(paths[0], report)
+  markdown = evaluation.report_markdown(report)
+  outputs.write_text_atomic(os.path.join(out, "eval.md"), markdown)
+  print(markdown)
+
+
 def main(argv):
   if len(argv) > 1:
     _cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.rescore:
+    if not FLAGS.output_dir:
+      _cli.fail("--output_dir is required")
+    return rescore(FLAGS.output_dir)
   for name in ("model", "output_dir"):
     if not getattr(FLAGS, name):
       _cli.fail(f"--{name} is required")

@@ -242,6 +242,20 @@ def test_evaluate_script_end_to_end(tmp_path):
   assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
   markdown = (out / "eval.md").read_text()
   assert "| PGD-2 |" in markdown and "Sanity checks" in markdown
+  # --rescore re-derives the worst case from per_example.npz, attacking nothing.
+  worst = dict(report["suite"]["results"]["worst_case"])
+  report["suite"]["results"]["worst_case"]["mean"] = 0.99
+  (out / "eval.json").write_text(json.dumps(report))
+  result = _evaluate("--rescore", f"--output_dir={out}", timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = json.loads((out / "eval.json").read_text())
+  assert again["suite"]["results"]["worst_case"]["mean"] == worst["mean"]
+  assert again["rescored"][0]["command"].endswith(f"--rescore --output_dir={out}")
+  assert "re-derived from per_example.npz" in (out / "eval.md").read_text()
+  (out / "per_example.npz").unlink()
+  result = _evaluate("--rescore", f"--output_dir={out}", timeout=120)
+  assert result.returncode != 0 and "per_example.npz does not exist" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_tflite_target_gets_clean_and_black_box_attacks_only(tmp_path):
@@ -280,6 +294,11 @@ def test_worst_case_picks_an_attack_per_example_without_noise_luck(monkeypatch):
   assert suite["results"]["fgsm"]["mean"] == pytest.approx(0.5)
   assert suite["results"]["pgd"]["mean"] == pytest.approx(0.5)
   assert suite["per_example"]["pgd"].shape == (4, 3)
+  # A tie in the half seen goes to the attack stronger over that half, not to
+  # the first listed (FGSM, the weakest, in evaluate.py's order).
+  weak_first = np.array([[[0, 1], [1, 1]],    # weak attack: passes x examples
+                         [[0, 0], [0, 0]]], bool)  # strong attack
+  assert evaluation.worst_case(weak_first).mean() == 0.0
   # One pass: nothing to cross-fit with, so the plain AND.
   assert evaluation.worst_case(np.array(planted["FGSM"])[None, :1].repeat(2, 0)
                                ).shape == (1, 3)
