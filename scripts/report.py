@@ -258,12 +258,12 @@ def provenance_table(runs, results_dir, budget):
       if not report:
         continue
       p = report.get("provenance", {})
-      command = p.get("command", "?")
+      command = f"`{p.get('command', '?')}`"
       for again in report.get("rescored", []):
-        command += f"`, then `{again['command']}` ({str(again['git_commit'])[:12]})"
+        command += f", then `{again['command']}` ({str(again['git_commit'])[:12]})"
       lines.append(f"| `{name}` | `{budget}/{name}/{kind}.json` | "
                    f"`{str(p.get('git_commit', '?'))[:12]}` | "
-                   f"{str(p.get('date', '?'))[:10]} | `{command}` |")
+                   f"{str(p.get('date', '?'))[:10]} | {command} |")
   return "\n".join(lines)
 
 
