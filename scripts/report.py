@@ -12,6 +12,7 @@ import datetime
 import json
 import math
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,7 +119,11 @@ def _sparsity(run):
 
 def compare(rsr, baseline, attack):
   """One sentence: does `rsr` beat `baseline` under `attack`, beyond noise?"""
-  a, b = attack_entry(rsr, attack), attack_entry(baseline, attack)
+  return compare_entries(attack_entry(rsr, attack), attack_entry(baseline, attack))
+
+
+def compare_entries(a, b):
+  """compare() on two accuracy entries, or None if either is missing."""
   if a is None or b is None:
     return None
   diff = a["mean"] - b["mean"]
@@ -151,11 +156,6 @@ def results_table(runs):
   return "\n".join(lines)
 
 
-def _median(values):
-  values = sorted(values)
-  return values[len(values) // 2] if values else None
-
-
 def training_table(runs):
   """What each variant cost to train and how train.py scored it on the full test set."""
   lines = ["| variant | epochs (train + fine-tune) | PGD steps per training batch | "
@@ -174,7 +174,7 @@ def training_table(runs):
     cells = [f"`{name}`", epochs,
              str(m["config"]["attack"]["steps"]) if adversarial else "0",
              f"{m['wall_seconds'] / 60:.0f} min",
-             f"{_median(speeds):.0f}" if speeds else "—"]
+             f"{statistics.median_high(speeds):.0f}" if speeds else "—"]
     for key in ("clean_accuracy", "pgd_accuracy"):
       e = m.get(key)
       cells.append("—" if not e else f"{100 * e['mean']:.1f} ± {100 * e['std']:.1f} "
@@ -214,13 +214,12 @@ def answer(runs):
         f"±{100 * result['margin']:.1f}). Does RSR beat PGD-AT here? "
         f"**{result['verdict']}**.")
   (a, ea), (b, eb) = strongest(runs["rsr_85"]), strongest(runs["at"])
-  if ea is not None and eb is not None:
-    diff = ea["mean"] - eb["mean"]
-    margin = 2 * math.sqrt(standard_error(ea) ** 2 + standard_error(eb) ** 2)
+  worst = compare_entries(ea, eb)
+  if worst:
     lines.append(
         f"- **Worst case over the attacks run on each:** RSR 85% {100 * ea['mean']:.1f}% "
         f"({NAMES[a]}) against dense PGD-AT {100 * eb['mean']:.1f}% ({NAMES[b]}), "
-        f"{100 * diff:+.1f} points (±{100 * margin:.1f}).")
+        f"{100 * worst['diff']:+.1f} points (±{100 * worst['margin']:.1f}).")
   paper_gap = compare(runs["rsr_85"], runs["at"], "clean")
   if paper_gap:
     lines.append(f"- **Clean:** {100 * paper_gap['diff']:+.1f} points "
