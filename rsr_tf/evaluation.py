@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from rsr_tf import attacks
+from rsr_tf import scoring
 
 STRONG_EPS = 64 / 255  # where PGD must bring any model to (almost) zero
 
@@ -366,45 +367,13 @@ def run_suite(target, x, y, config, source=None):
                           if n in correct_of}}
 
 
-def worst_case(correct):
-  """Per example, the attack that does best against it, scored honestly.
-
-  Taking the AND over attacks within a pass would hand the attacker one
-  extra noise draw per attack, so a noisy model loses examples to luck.
-  Instead the attack is picked per example on half of the passes (even or
-  odd) and scored on the other half, and the halves swap (cross-fitting).
-  With one pass there is nothing to cross-fit with: the plain AND.
-
-  Args:
-    correct: bool [attacks, passes, examples].
-
-  Returns:
-    bool [passes, examples]: correct under the attack chosen for it.
-  """
-  correct = np.asarray(correct, bool)
-  attacks, passes, n = correct.shape
-  if passes < 2:
-    return correct.all(axis=0)
-  even = np.arange(passes) % 2 == 0
-  out = np.empty((passes, n), bool)
-  for pick, score in ((even, ~even), (~even, even)):
-    seen = correct[:, pick].mean(axis=1)  # [attacks, examples]
-    # Ties (an example every attack fooled, or none did, in the half seen)
-    # go to the attack strongest over the whole half, not to the first listed.
-    strength = seen.mean(axis=1)
-    choice = np.lexsort((np.broadcast_to(strength[:, None], seen.shape), seen),
-                        axis=0)[0]
-    out[score] = correct[choice, :, np.arange(n)].T[score]
-  return out
-
-
 def worst_case_entry(correct_of, eps):
   """eval.json's "worst_case" entry over the whole-set attacks in
   `correct_of` ({attack: bool [passes, examples]}), or None if < 2 ran."""
   ensemble = [n for n in ENSEMBLE if n in correct_of]
   if len(ensemble) < 2:
     return None
-  return _entry(worst_case(np.stack([correct_of[n] for n in ensemble])),
+  return _entry(scoring.worst_case(np.stack([correct_of[n] for n in ensemble])),
                 kind="per-example worst case", eps=eps, crafted="none",
                 seconds=0.0, attacks=ensemble)
 

@@ -20,6 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from rsr_tf import scoring  # noqa: E402
 from scripts import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -71,13 +74,25 @@ def _load(path):
     _cli.fail(f"{path} is not readable JSON: {e}")
 
 
+def _load_per_example(path):
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as saved:
+      return {n: saved[n] for n in saved.files}
+  except (OSError, ValueError) as e:
+    _cli.fail(f"{path} is not a readable .npz file: {e}")
+
+
 def load_runs(results_dir, budget):
-  """{variant: {"metrics": dict or None, "eval": dict or None}}."""
+  """{variant: {"metrics", "eval", "per_example"}}, each None if not there."""
   runs = {}
   for name, _ in VARIANTS:
     folder = os.path.join(results_dir, budget, name)
     runs[name] = {"metrics": _load(os.path.join(folder, "metrics.json")),
-                  "eval": _load(os.path.join(folder, "eval.json"))}
+                  "eval": _load(os.path.join(folder, "eval.json")),
+                  "per_example": _load_per_example(
+                      os.path.join(folder, "per_example.npz"))}
   return runs
 
 
@@ -117,17 +132,62 @@ def _sparsity(run):
   return run["metrics"]["sparsity"]["overall"] if run["metrics"] else None
 
 
-def compare(rsr, baseline, attack):
-  """One sentence: does `rsr` beat `baseline` under `attack`, beyond noise?"""
-  return compare_entries(attack_entry(rsr, attack), attack_entry(baseline, attack))
+def correctness(run, attack):
+  """bool [passes, examples] behind an attack's entry, or None if not saved.
+
+  None too when the saved matrix does not give the entry's accuracy: then
+  it belongs to another evaluation than eval.json and cannot be trusted.
+  """
+  saved, entry = run.get("per_example"), attack_entry(run, attack)
+  if saved is None or entry is None:
+    return None
+  if attack == "worst_case":
+    names = entry.get("attacks", [])
+    if not names or any(n not in saved for n in names):
+      return None
+    correct = scoring.worst_case(np.stack([saved[n] for n in names]))
+  elif attack in saved:
+    correct = saved[attack]
+  else:
+    return None
+  if correct.ndim != 2 or correct.shape[1] != entry["examples"] or abs(
+      correct.mean() - entry["mean"]) > 0.5 / entry["examples"]:
+    return None
+  return correct
+
+
+def _same_examples(rsr, baseline):
+  a, b = rsr.get("per_example"), baseline.get("per_example")
+  return (a is not None and b is not None and "labels" in a and "labels" in b
+          and np.array_equal(a["labels"], b["labels"]))
+
+
+def compare(rsr, baseline, attack, baseline_attack=None):
+  """Does `rsr` beat `baseline` under `attack`, beyond noise? None if unmeasured.
+
+  Paired over the examples when both per_example.npz files hold the same
+  images in the same order; otherwise the two are treated as independent.
+  """
+  baseline_attack = baseline_attack or attack
+  a, b = attack_entry(rsr, attack), attack_entry(baseline, baseline_attack)
+  if a is None or b is None:
+    return None
+  ca, cb = correctness(rsr, attack), correctness(baseline, baseline_attack)
+  if ca is not None and cb is not None and _same_examples(rsr, baseline):
+    diff, error = scoring.paired_difference(ca, cb)
+    return _verdict(a, b, diff, 2 * error, paired=True)
+  return compare_entries(a, b)
 
 
 def compare_entries(a, b):
-  """compare() on two accuracy entries, or None if either is missing."""
+  """compare() on two accuracy entries alone (unpaired), or None if one is missing."""
   if a is None or b is None:
     return None
-  diff = a["mean"] - b["mean"]
   margin = 2 * math.sqrt(standard_error(a) ** 2 + standard_error(b) ** 2)
+  return _verdict(a, b, a["mean"] - b["mean"], margin, paired=False)
+
+
+def _verdict(a, b, diff, margin, paired):
   if diff > margin:
     verdict = "yes"
   elif diff < -margin:
@@ -135,7 +195,7 @@ def compare_entries(a, b):
   else:
     verdict = "no difference beyond the noise"
   return {"rsr": a["mean"], "baseline": b["mean"], "diff": diff,
-          "margin": margin, "verdict": verdict}
+          "margin": margin, "verdict": verdict, "paired": paired}
 
 
 def results_table(runs):
@@ -199,6 +259,11 @@ def attack_settings(runs):
   return "no evaluation collected yet."
 
 
+def _margin(result):
+  how = "paired over the same images" if result["paired"] else "unpaired"
+  return f"2 standard errors, {how}: ±{100 * result['margin']:.1f}"
+
+
 def answer(runs):
   lines = []
   for attack, header in QUESTION_ATTACKS:
@@ -210,20 +275,20 @@ def answer(runs):
     lines.append(
         f"- **{header}:** RSR 85% {100 * result['rsr']:.1f}% against dense "
         f"PGD-AT {100 * result['baseline']:.1f}%, a difference of "
-        f"{100 * result['diff']:+.1f} points (2 standard errors: "
-        f"±{100 * result['margin']:.1f}). Does RSR beat PGD-AT here? "
-        f"**{result['verdict']}**.")
+        f"{100 * result['diff']:+.1f} points ({_margin(result)}). Does RSR "
+        f"beat PGD-AT here? **{result['verdict']}**.")
   (a, ea), (b, eb) = strongest(runs["rsr_85"]), strongest(runs["at"])
-  worst = compare_entries(ea, eb)
+  worst = a and b and compare(runs["rsr_85"], runs["at"], a, baseline_attack=b)
   if worst:
     lines.append(
         f"- **Worst case over the attacks run on each:** RSR 85% {100 * ea['mean']:.1f}% "
         f"({NAMES[a]}) against dense PGD-AT {100 * eb['mean']:.1f}% ({NAMES[b]}), "
-        f"{100 * worst['diff']:+.1f} points (±{100 * worst['margin']:.1f}).")
+        f"{100 * worst['diff']:+.1f} points ({_margin(worst)}): "
+        f"**{worst['verdict']}**.")
   paper_gap = compare(runs["rsr_85"], runs["at"], "clean")
   if paper_gap:
     lines.append(f"- **Clean:** {100 * paper_gap['diff']:+.1f} points "
-                 f"(±{100 * paper_gap['margin']:.1f}); the paper reports +0.68 "
+                 f"({_margin(paper_gap)}); the paper reports +0.68 "
                  "clean and +8.72 PGD for ResNet-18 at its full budget.")
   return "\n".join(lines)
 
@@ -345,7 +410,11 @@ def document(runs, results_dir, budget, figures):
       "At 85% sparsity and equal compute, does RSR beat dense PGD adversarial "
       "training on PGD accuracy here, and does that still hold under EOT-PGD "
       "and APGD with EOT? \"Beats\" means a difference larger than two "
-      "standard errors (test-set sampling plus the spread over noise draws).",
+      "standard errors (test-set sampling plus the spread over noise draws). "
+      "Both models are attacked on the same held-out images, so where both "
+      "`per_example.npz` files are there the test-set part is that of the "
+      "per-image differences (a paired test), which is tighter than treating "
+      "the two as independent samples; otherwise the test is unpaired.",
       "",
       answer(runs),
       "",

@@ -15,6 +15,7 @@ from rsr_tf import attacks
 from rsr_tf import config as config_lib
 from rsr_tf import evaluation
 from rsr_tf import layers as rsr_layers
+from rsr_tf import scoring
 from rsr_tf import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,7 +299,7 @@ def test_worst_case_picks_an_attack_per_example_without_noise_luck(monkeypatch):
   # the first listed (FGSM, the weakest, in evaluate.py's order).
   weak_first = np.array([[[0, 1], [1, 1]],    # weak attack: passes x examples
                          [[0, 0], [0, 0]]], bool)  # strong attack
-  assert evaluation.worst_case(weak_first).mean() == 0.0
+  assert scoring.worst_case(weak_first).mean() == 0.0
   # One pass: nothing to cross-fit with, so the plain AND.
-  assert evaluation.worst_case(np.array(planted["FGSM"])[None, :1].repeat(2, 0)
+  assert scoring.worst_case(np.array(planted["FGSM"])[None, :1].repeat(2, 0)
                                ).shape == (1, 3)

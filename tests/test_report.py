@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "report.py")
 
@@ -14,7 +16,7 @@ def _entry(mean, std=0.01, examples=1000, draws=5):
           "per_draw": [mean] * draws}
 
 
-def _write_run(results, variant, sparsity, accuracies):
+def _write_run(results, variant, sparsity, accuracies, per_example=None):
   folder = results / "cpu" / variant
   folder.mkdir(parents=True)
   provenance = {"command": f"python scripts/train.py --flagfile={variant}",
@@ -39,6 +41,8 @@ def _write_run(results, variant, sparsity, accuracies):
                          "detail": "PGD-20 above PGD-7"}],
       "config": {"noise_draws": 5}, "data": {"eval_examples": 1000},
       "provenance": dict(provenance, command="python scripts/evaluate.py")}))
+  if per_example is not None:
+    np.savez(folder / "per_example.npz", **per_example)
 
 
 def _report(results):
@@ -74,6 +78,45 @@ def test_verdicts_follow_the_numbers(tmp_path):
   for figure in ("accuracy_vs_sparsity.png", "accuracy_vs_eps.png"):
     assert (tmp_path / figure).stat().st_size > 0
     assert f"({figure})" in text
+
+
+def _first_right(k, passes=5, n=1000):
+  """Correct on the first k of n examples in every pass."""
+  return np.arange(n)[None, :].repeat(passes, 0) < k
+
+
+def _pgd_line(results):
+  return next(line for line in _report(results).splitlines()
+              if line.startswith("- **PGD-7"))
+
+
+def test_same_images_are_compared_paired(tmp_path):
+  # RSR holds the 300 images AT holds plus 20 more: +2 points, which two
+  # independent samples of 1,000 could not tell apart (±4.3), but the same
+  # images can (±0.9).
+  labels = np.arange(1000) % 10
+  _write_run(tmp_path, "at", 0.0, {"pgd": 0.30},
+             {"labels": labels, "pgd": _first_right(300)})
+  _write_run(tmp_path, "rsr_85", 0.85, {"pgd": 0.32},
+             {"labels": labels, "pgd": _first_right(320)})
+  line = _pgd_line(tmp_path)
+  assert "+2.0 points" in line and "paired over the same images: ±0.9" in line
+  assert "**yes**" in line
+
+
+def test_unpaired_when_the_images_differ_or_the_files_disagree(tmp_path):
+  labels = np.arange(1000) % 10
+  _write_run(tmp_path, "at", 0.0, {"pgd": 0.30},
+             {"labels": labels, "pgd": _first_right(300)})
+  # Other images: the labels do not match.
+  _write_run(tmp_path, "rsr_85", 0.85, {"pgd": 0.32},
+             {"labels": labels[::-1], "pgd": _first_right(320)})
+  line = _pgd_line(tmp_path)
+  assert "unpaired: ±4.3" in line and "no difference beyond the noise" in line
+  # Same images, but the matrix is not the one eval.json was scored from.
+  np.savez(tmp_path / "cpu" / "rsr_85" / "per_example.npz", labels=labels,
+           pgd=_first_right(500))
+  assert "unpaired: ±4.3" in _pgd_line(tmp_path)
 
 
 def test_nothing_run_yet_is_said_plainly(tmp_path):
