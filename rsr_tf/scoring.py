@@ -71,3 +71,19 @@ def paired_difference(correct_a, correct_b):
   variance = (per_example.var(ddof=1) / len(per_example)
               + _draw_variance(a) + _draw_variance(b))
   return float(per_example.mean()), math.sqrt(variance)
+
+
+def worst_case_in_sample(correct):
+  """Per example, the attack with the lowest mean over every pass: [1, examples].
+
+  Choosing and scoring on the same noisy passes counts an attack's lucky
+  draws as strength, so on a noisy model this favours the attacker, where
+  worst_case() (chosen on half the passes, scored on the rest) favours the
+  model. The two bracket what an attacker with many queries would reach; on
+  a deterministic model they agree.
+
+  Args:
+    correct: bool [attacks, passes, examples].
+  """
+  correct = np.asarray(correct, float)
+  return correct.mean(axis=1).min(axis=0)[None]
