@@ -243,6 +243,9 @@ def test_evaluate_script_end_to_end(tmp_path):
   assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
   markdown = (out / "eval.md").read_text()
   assert "| PGD-2 |" in markdown and "Sanity checks" in markdown
+  in_sample = report["suite"]["results"]["worst_case"]["in_sample_mean"]
+  assert in_sample <= report["suite"]["results"]["pgd"]["mean"]
+  assert f"it is {100 * in_sample:.2f}%, which favours the attacker" in markdown
   # --rescore re-derives the worst case from per_example.npz, attacking nothing.
   worst = dict(report["suite"]["results"]["worst_case"])
   report["suite"]["results"]["worst_case"]["mean"] = 0.99
@@ -292,6 +295,7 @@ def test_worst_case_picks_an_attack_per_example_without_noise_luck(monkeypatch):
   suite = evaluation.run_suite(evaluation.from_keras(tiny_model()), x, y, cfg)
   worst = suite["results"]["worst_case"]
   assert worst["mean"] == pytest.approx(1 / 6) and worst["attacks"] == ["fgsm", "pgd"]
+  assert worst["in_sample_mean"] == pytest.approx(1 / 6)
   assert suite["results"]["fgsm"]["mean"] == pytest.approx(0.5)
   assert suite["results"]["pgd"]["mean"] == pytest.approx(0.5)
   assert suite["per_example"]["pgd"].shape == (4, 3)
