@@ -110,7 +110,11 @@ def rescore(out):
   if entry:
     suite["results"]["worst_case"] = entry
   report["sanity_checks"] = evaluation.sanity_checks(suite)
-  report.setdefault("rescored", []).append(outputs.provenance())
+  # A rerun of the same command supersedes the earlier record: the numbers
+  # now in the file are the ones this commit derived.
+  record = outputs.provenance()
+  report["rescored"] = [r for r in report.get("rescored", [])
+                        if r["command"] != record["command"]] + [record]
   outputs.write_json_atomic(paths[0], report)
   markdown = evaluation.report_markdown(report)
   outputs.write_text_atomic(os.path.join(out, "eval.md"), markdown)

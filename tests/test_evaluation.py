@@ -256,6 +256,8 @@ def test_evaluate_script_end_to_end(tmp_path):
   assert again["suite"]["results"]["worst_case"]["mean"] == worst["mean"]
   assert again["rescored"][0]["command"].endswith(f"--rescore --output_dir={out}")
   assert "re-derived from per_example.npz" in (out / "eval.md").read_text()
+  assert _evaluate("--rescore", f"--output_dir={out}", timeout=120).returncode == 0
+  assert len(json.loads((out / "eval.json").read_text())["rescored"]) == 1
   (out / "per_example.npz").unlink()
   result = _evaluate("--rescore", f"--output_dir={out}", timeout=120)
   assert result.returncode != 0 and "per_example.npz does not exist" in result.stderr
