@@ -305,7 +305,9 @@ def attack_settings(runs):
               f"gradient step; APGD runs {c['apgd_steps']} steps averaging "
               f"{c['apgd_eot_samples']} noise draws per step (AutoAttack's "
               "rand version uses 20 draws and 100 steps), with "
-              f"{c['apgd_restarts']} restart(s).")
+              f"{c['apgd_restarts']} restart(s). On a deterministic model every "
+              "draw gives the same gradient, so EOT there takes one (the "
+              "`eot_samples` of each attack in eval.json).")
   return "no evaluation collected yet."
 
 

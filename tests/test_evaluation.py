@@ -119,6 +119,20 @@ def _entry(mean, std=0.0, examples=100, steps=7):
   return {"mean": mean, "std": std, "examples": examples, "steps": steps}
 
 
+def test_eot_on_a_deterministic_model_takes_one_draw(deterministic):
+  # Every draw of a deterministic model gives the same gradient: averaging
+  # ten would cost ten times as much for the same attack.
+  x, y = colour_data(16, seed=4)
+  cfg = config_lib.EvalConfig(attacks=("clean", "eot_pgd", "apgd_ce"), eps=0.1,
+                              step_size=0.03, steps=2, eot_samples=10,
+                              apgd_steps=2, apgd_eot_samples=5, noise_draws=2,
+                              batch_size=16)
+  suite = evaluation.run_suite(evaluation.from_keras(deterministic), x, y, cfg)
+  assert not suite["stochastic"]
+  assert suite["results"]["eot_pgd"]["eot_samples"] == 1
+  assert suite["results"]["apgd_ce"]["eot_samples"] == 1
+
+
 def test_sanity_checks_on_planted_results():
   suite = {"results": {"clean": _entry(0.8), "fgsm": _entry(0.5),
                        "pgd": {**_entry(0.4), "on_blackbox_subset": _entry(0.4)},
@@ -233,6 +247,7 @@ def test_evaluate_script_end_to_end(tmp_path):
       "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce", "apgd_dlr", "transfer"]
   for entry in report["suite"]["results"].values():
     assert entry["draws"] == 2 and len(entry["per_draw"]) == 2
+  assert report["suite"]["results"]["eot_pgd"]["eot_samples"] == 2  # noisy model
   assert [p["eps_255"] for p in report["suite"]["eps_sweep"]] == [0, 8, 64]
   assert len(report["sanity_checks"]) == 9
   per_example = np.load(out / "per_example.npz")
