@@ -119,7 +119,8 @@ def accuracy_vs_sparsity(panels, path, title=""):
 
   Args:
     panels: {panel title: {label: [(sparsity in [0, 1], entry with "mean"
-      and "std")]}}; a label keeps its colour across panels.
+      and "std", and optionally "low", drawn as a marker below)]}}; a label
+      keeps its colour across panels.
     path: the .png to write.
     title: figure title.
   """
@@ -135,6 +136,15 @@ def accuracy_vs_sparsity(panels, path, title=""):
                   yerr=[100 * e["std"] for _, e in points], capsize=3,
                   marker="o" if len(points) > 1 else "D", color=colour,
                   label=label)
+      # Where the worst case's attack choice leaves a range, its
+      # attacker-favoured end hangs below the point.
+      low = [(100 * x, 100 * e["low"], 100 * e["mean"]) for x, e in points
+             if e.get("low") is not None and e["low"] < e["mean"] - 1e-9]
+      for x, bottom, top in low:
+        ax.vlines(x, bottom, top, colors=colour, linestyles=":")
+      if low:
+        ax.scatter([x for x, _, _ in low], [b for _, b, _ in low], marker="v",
+                   color=colour)
     ax.set(xlabel="sparsity of the conv/dense kernels (%)",
            ylabel="accuracy (%)", title=panel, xlim=(-5, 100))
     ax.grid(alpha=0.3)
