@@ -177,7 +177,7 @@ def _same_examples(rsr, baseline):
           and np.array_equal(a["labels"], b["labels"]))
 
 
-def compare(rsr, baseline, attack, baseline_attack=None):
+def compare(rsr, baseline, attack):
   """Does `rsr` beat `baseline` under `attack`, beyond noise? None if unmeasured.
 
   Paired over the examples when both per_example.npz files hold the same
@@ -186,11 +186,10 @@ def compare(rsr, baseline, attack, baseline_attack=None):
   attack choice favours the attacker and the other's favours the model, and
   as worse only the other way round.
   """
-  baseline_attack = baseline_attack or attack
-  a, b = attack_entry(rsr, attack), attack_entry(baseline, baseline_attack)
+  a, b = attack_entry(rsr, attack), attack_entry(baseline, attack)
   if a is None or b is None:
     return None
-  ca, cb = correctness(rsr, attack), correctness(baseline, baseline_attack)
+  ca, cb = correctness(rsr, attack), correctness(baseline, attack)
   if ca is None or cb is None or not _same_examples(rsr, baseline):
     return compare_entries(a, b)
   (a_scored, a_low), (b_scored, b_low) = ca, cb
@@ -369,14 +368,13 @@ def claim_table(runs, variant, baseline):
   """One row per attack: both accuracies, the paired difference and the verdict."""
   rows = [f"| attack | `{variant}` | `{baseline}` | difference | 2 standard "
           "errors | beats it? |", "|---|---|---|---|---|---|"]
-  pairs = [(a, header, a) for a, header in CLAIM_ATTACKS]
+  pairs = list(CLAIM_ATTACKS)
   (a, _), (b, _) = strongest(runs[variant]), strongest(runs[baseline])
   if a and b:
     which = "" if a == b == "worst_case" else f" ({NAMES[a]} / {NAMES[b]})"
-    pairs.append(("strongest", "worst case" + which, "strongest"))
-  for attack, header, baseline_attack in pairs:
-    result = compare(runs[variant], runs[baseline], attack,
-                     baseline_attack=baseline_attack)
+    pairs.append(("strongest", "worst case" + which))
+  for attack, header in pairs:
+    result = compare(runs[variant], runs[baseline], attack)
     if result is None:
       rows.append(f"| {header} | not measured yet | | | | |")
       continue
