@@ -1,5 +1,17 @@
-"""rsr-tf: Robust Sparse Regularization (PNI + PGD training + lasso + pruning) in tf_keras."""
+"""rsr-tf: Robust Sparse Regularization (PNI + PGD training + lasso + pruning) in tf_keras.
 
+The public API, for any Sequential or functional tf_keras model:
+
+  import rsr_tf                     # first: selects Keras 2 for TensorFlow
+  noisy = rsr_tf.add_weight_noise(model)
+  result = rsr_tf.train_rsr(noisy, train_data, validation_data, epochs=...)
+  rsr_tf.export(result.model, "export/", representative_data=images)
+
+Names resolve on first use, so `import rsr_tf` stays light (scripts check
+their flags before TensorFlow loads).
+"""
+
+import importlib
 import os
 
 # tfmot only works with Keras 2; this must hold before TensorFlow is imported,
@@ -8,3 +20,34 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it: the one list of the API.
+_PUBLIC = {
+    "add_weight_noise": "convert",
+    "logits_model": "convert",
+    "ModelError": "convert",
+    "RSRTrainer": "training",
+    "train_rsr": "recipe",
+    "RSRResult": "recipe",
+    "Phase": "recipe",
+    "TrainingError": "recipe",
+    "prune_global": "pruning",
+    "strip": "pruning",
+    "measured_sparsity": "pruning",
+    "export": "exporter",
+    "ExportError": "exporter",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+  if name not in _PUBLIC:
+    raise AttributeError(f"module 'rsr_tf' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"rsr_tf.{_PUBLIC[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_PUBLIC))

@@ -13,6 +13,34 @@ PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
+# The paper waits 5 of its 160 epochs before adversarial training starts.
+PAPER_ADV_DELAY = (5, 160)
+
+
+def adversarial_start_epoch(adversarial, steps, adv_delay_epochs, epochs):
+  """First 0-based epoch with adversarial examples; None if never.
+
+  `adv_delay_epochs=None` keeps the paper's 5 of 160 epochs, scaled to
+  `epochs`.
+  """
+  if not adversarial or steps == 0:
+    return None
+  if adv_delay_epochs is not None:
+    return int(adv_delay_epochs)
+  return int(epochs * PAPER_ADV_DELAY[0] // PAPER_ADV_DELAY[1])
+
+
+def is_model_file(spec):
+  return spec.endswith(".keras")
+
+
+def is_model_factory(spec):
+  """`package.module:function`: a factory taking input_shape and num_classes."""
+  module, _, function = spec.partition(":")
+  return bool(module and function) and all(
+      part.isidentifier() for part in module.split(".") + [function])
+
+
 class ConfigError(ValueError):
   """A configuration value breaks a rule; the message names the flag."""
 
@@ -39,8 +67,18 @@ class DataConfig:
   augment: bool = True
   seed: int = 0
   skip_bad_images: bool = False
+  # (height, width) every image is resized to; None keeps the stored size
+  # (an image folder's images must then share one).
+  image_size: Optional[tuple] = None
+  # 1 or 3; None: the source's own (tfds declares it; folders are RGB).
+  channels: Optional[int] = None
 
   def validate(self):
+    _require(self.image_size is None or (
+        len(self.image_size) == 2 and all(d >= 1 for d in self.image_size)),
+             f"--image_size must be H,W with both >= 1, got {self.image_size}")
+    _require(self.channels in (None, 1, 3),
+             f"--channels must be 1 or 3, got {self.channels}")
     _require(self.batch_size >= 1,
              f"--batch_size must be >= 1, got {self.batch_size}")
     _require(self.train_limit >= 0,
@@ -62,8 +100,13 @@ class ModelConfig:
   alpha_init: float = 0.25
 
   def validate(self):
-    _require(self.name in MODEL_NAMES,
-             f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+    _require(self.name in MODEL_NAMES or is_model_file(self.name)
+             or is_model_factory(self.name),
+             f"--model must be one of {', '.join(MODEL_NAMES)}, a saved "
+             f"PATH.keras or a package.module:function factory, got "
+             f"{self.name!r}")
+    _require(not is_model_file(self.name) or os.path.isfile(self.name),
+             f"--model {self.name!r} does not exist or is not a file")
     _require(self.noise in NOISE_MODES,
              f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
     _require(self.alpha_init >= 0,
@@ -224,12 +267,10 @@ class TrainConfig:
 
   def adversarial_start_epoch(self):
     """First 0-based epoch with adversarial examples; None if never."""
-    if not self.loss.adversarial:
-      return None
-    if self.loss.adv_delay_epochs >= 0:
-      return self.loss.adv_delay_epochs
-    # The paper waits 5 of 160 epochs; keep that fraction for short runs.
-    return int(self.optimizer.epochs * 5 // 160)
+    delay = self.loss.adv_delay_epochs
+    return adversarial_start_epoch(self.loss.adversarial, self.attack.steps,
+                                   None if delay < 0 else delay,
+                                   self.optimizer.epochs)
 
   def to_dict(self):
     return dataclasses.asdict(self)

@@ -1,4 +1,4 @@
-"""Loading 32x32 RGB classification data and building tf.data input pipelines."""
+"""Loading image classification data (any size, 1 or 3 channels) and tf.data pipelines."""
 
 import dataclasses
 import os
@@ -12,8 +12,10 @@ import numpy as np
 from absl import logging as absl_logging
 import tensorflow as tf
 
-IMAGE_SIZE = 32
-CHANNELS = 3
+# Channel counts a model can be trained on; image folders and the embedded
+# sample are read as RGB unless asked otherwise.
+CHANNEL_CHOICES = (1, 3)
+DEFAULT_CHANNELS = 3
 # Zero padding on each side before the random crop, as in the usual CIFAR
 # recipe.
 CROP_PAD = 4
@@ -38,7 +40,7 @@ class Split:
   """One split held in memory.
 
   Attributes:
-    images: uint8 array [N, 32, 32, 3].
+    images: uint8 array [N, height, width, channels].
     labels: int64 array [N].
   """
   images: np.ndarray
@@ -46,11 +48,9 @@ class Split:
 
   def __post_init__(self):
     shape = tuple(self.images.shape)
-    if (self.images.dtype != np.uint8 or len(shape) != 4 or
-        shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, CHANNELS)):
-      raise ValueError(f"Split.images must be uint8 [N, {IMAGE_SIZE}, "
-                       f"{IMAGE_SIZE}, {CHANNELS}], got {self.images.dtype} "
-                       f"{list(shape)}")
+    if self.images.dtype != np.uint8 or len(shape) != 4:
+      raise ValueError(f"Split.images must be uint8 [N, height, width, "
+                       f"channels], got {self.images.dtype} {list(shape)}")
     if self.labels.dtype != np.int64 or self.labels.shape != (shape[0],):
       raise ValueError(f"Split.labels must be int64 [{shape[0]}], got "
                        f"{self.labels.dtype} {list(self.labels.shape)}")
@@ -78,6 +78,11 @@ class Dataset:
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  @property
+  def image_shape(self) -> tuple:
+    """(height, width, channels) of every image."""
+    return tuple(int(d) for d in self.train.images.shape[1:])
+
 
 def load(config) -> Dataset:
   """Loads the data source that `config` selects.
@@ -88,18 +93,23 @@ def load(config) -> Dataset:
 
   Returns:
     The Dataset, cut to `train_limit`/`eval_limit` examples (0 means all)
-    with `balanced_subset`.
+    with `balanced_subset`, its images `config.image_size` (None: as
+    stored, one size for all) with `config.channels` channels (None: the
+    source's own, see each loader).
 
   Raises:
     DataError: The data is missing, malformed or cannot be downloaded.
   """
+  size, channels = config.image_size, config.channels
   if config.image_folder:
     return load_image_folder(config.image_folder, config.train_limit,
-                             config.eval_limit, config.skip_bad_images)
+                             config.eval_limit, config.skip_bad_images,
+                             image_size=size, channels=channels)
   if config.embedded_sample:
-    return load_embedded_sample(config.train_limit, config.eval_limit)
+    return load_embedded_sample(config.train_limit, config.eval_limit,
+                                image_size=size, channels=channels)
   return load_tfds(config.dataset, config.data_dir, config.train_limit,
-                   config.eval_limit)
+                   config.eval_limit, image_size=size, channels=channels)
 
 
 def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
@@ -153,7 +163,7 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   total_sq = np.zeros(flat.shape[1], dtype=np.float64)
   # Chunked so 50k images never become a 1.2 GB float64 copy; integer pixel
   # sums are exact in float64, so sum/sum-of-squares loses no precision.
-  step = _CHUNK * IMAGE_SIZE * IMAGE_SIZE
+  step = _CHUNK * 32 * 32  # pixels per chunk, whatever the image size
   for begin in range(0, count, step):
     chunk = flat[begin:begin + step].astype(np.float64)
     total += chunk.sum(axis=0)
@@ -169,15 +179,14 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_image_folder(root: str, train_limit: int = 0, eval_limit: int = 0,
-                      skip_bad_images: bool = False) -> Dataset:
+                      skip_bad_images: bool = False,
+                      image_size: Optional[tuple] = None,
+                      channels: Optional[int] = None) -> Dataset:
   """Loads `root/train/<class>/*` and `root/test/<class>/*` image files.
 
   Class names are the sorted subfolder names and must be the same in both
   splits. Files are taken in sorted name order; the limits pick files with
   `balanced_subset` before decoding, so only the chosen files are read.
-  Images that are not 32x32 RGB are converted, and how many is printed:
-  grayscale is copied into all three channels, an alpha channel is dropped,
-  and other sizes are resized (antialiased) to 32x32, aspect ratio not kept.
 
   Args:
     root: Folder holding `train/` and `test/`.
@@ -185,30 +194,65 @@ def load_image_folder(root: str, train_limit: int = 0, eval_limit: int = 0,
     eval_limit: Test examples to keep; 0 means all.
     skip_bad_images: leave out files that do not decode as images (and say
       how many) instead of stopping at the first with its path.
+    image_size: (height, width) every image is resized to (antialiased,
+      aspect ratio not kept); None: the images must all share one size.
+    channels: 3 (the default: grayscale copied into RGB, alpha dropped) or 1
+      (colour converted to luminance).
 
   Returns:
     The Dataset, with source "image_folder:<root>".
 
   Raises:
-    DataError: The layout is wrong, a class folder has no images, or a file
-      does not decode and `skip_bad_images` is off.
+    DataError: The layout is wrong, a class folder has no images, a file
+      does not decode and `skip_bad_images` is off, or (without
+      `image_size`) the images differ in size.
   """
   if not os.path.isdir(root):
     raise DataError(f"image folder {root} does not exist or is not a "
                     f"directory; expected train/<class>/ and test/<class>/ "
                     f"subfolders in it")
+  channels = _check_channels(channels)
   train_classes, train_files = _list_split(root, "train")
   test_classes, test_files = _list_split(root, "test")
   if train_classes != test_classes:
     raise DataError(f"image folder {root}: train/ and test/ have different "
                     f"class folders: train {list(train_classes)} vs test "
                     f"{list(test_classes)}")
+  if image_size is None:
+    image_size, first = _first_size(train_files, skip_bad_images)
+  else:
+    first = None
   train = _decode_files(os.path.join(root, "train"), "train", train_files,
-                        train_limit, skip_bad_images)
+                        train_limit, skip_bad_images, image_size, channels,
+                        first)
   test = _decode_files(os.path.join(root, "test"), "test", test_files,
-                       eval_limit, skip_bad_images)
+                       eval_limit, skip_bad_images, image_size, channels,
+                       first)
   return Dataset(train=train, test=test, class_names=train_classes,
                  source=f"image_folder:{root}")
+
+
+def _check_channels(channels):
+  if channels is None:
+    return DEFAULT_CHANNELS
+  if channels not in CHANNEL_CHOICES:
+    raise DataError(f"channels must be one of {CHANNEL_CHOICES}, got "
+                    f"{channels}")
+  return int(channels)
+
+
+def _first_size(files, skip_bad):
+  """(height, width) of the first readable file, and that file's path."""
+  for path, _ in files:
+    try:
+      shape = _decode_any(tf.io.read_file(path)).shape
+    except tf.errors.InvalidArgumentError:
+      if skip_bad:
+        continue
+      raise DataError(f"{path} is not a readable image; remove it or pass "
+                      "--skip_bad_images") from None
+    return (int(shape[0]), int(shape[1])), path
+  raise DataError("no readable image among the training files")
 
 
 def _list_split(root, split):
@@ -237,8 +281,13 @@ def _list_split(root, split):
   return class_names, files
 
 
-def _decode_files(split_dir, split, files, limit, skip_bad=False):
-  """Decodes the `balanced_subset` of `files` into a Split."""
+def _decode_files(split_dir, split, files, limit, skip_bad, image_size,
+                  channels, size_reference):
+  """Decodes the `balanced_subset` of `files` into a Split.
+
+  `size_reference` is the file whose size every image must have, or None
+  when they are resized to `image_size`.
+  """
   labels = np.array([label for _, label in files], dtype=np.int64)
   keep = balanced_subset(labels, limit)
   paths = [files[i][0] for i in keep]
@@ -247,8 +296,10 @@ def _decode_files(split_dir, split, files, limit, skip_bad=False):
   # in the middle of this one.
   print(f"decoding {len(paths)} {split} images from {split_dir} ...",
         end="", file=sys.stderr, flush=True)
+  resize = size_reference is None
   try:
-    images, converted = _collect_converted(_decoded(paths))
+    images, sizes, converted = _collect(_decoded(paths, image_size, channels,
+                                                 resize), image_size, channels)
   except tf.errors.InvalidArgumentError:
     print(" a file does not decode; checking each", file=sys.stderr, flush=True)
     bad = [i for i, path in enumerate(paths) if not _decodes(path)]
@@ -263,18 +314,30 @@ def _decode_files(split_dir, split, files, limit, skip_bad=False):
     print(f"skipping {len(bad)} unreadable {split} files, e.g. {paths[bad[0]]}",
           file=sys.stderr, flush=True)
     keep = keep[good]
-    images, converted = _collect_converted(_decoded([paths[i] for i in good]))
-  note = (f"; {converted} not 32x32 RGB, converted (grayscale to RGB, alpha "
-          f"dropped, resized to 32x32)" if converted else "")
+    paths = [paths[i] for i in good]
+    images, sizes, converted = _collect(_decoded(paths, image_size, channels,
+                                                 resize), image_size, channels)
+  if not resize:
+    wrong = np.flatnonzero(np.any(sizes != np.asarray(image_size), axis=1))
+    if wrong.size:
+      h, w = sizes[wrong[0]]
+      print(file=sys.stderr, flush=True)
+      raise DataError(
+          f"{paths[wrong[0]]} is {h}x{w} but {size_reference} is "
+          f"{image_size[0]}x{image_size[1]} ({wrong.size} of the {len(paths)} "
+          f"{split} images differ); pass --image_size=H,W to resize them all")
+  note = (f"; {converted} converted to {image_size[0]}x{image_size[1]}x"
+          f"{channels}" if converted else "")
   print(f" {time.perf_counter() - start:.1f}s{note}", file=sys.stderr,
         flush=True)
   return Split(images=images, labels=labels[keep])
 
 
-def _decoded(paths):
-  """(uint8 [32, 32, 3] image, whether it had to be converted) per file."""
+def _decoded(paths, image_size, channels, resize):
+  """(uint8 image, its stored [h, w], whether it was converted) per file."""
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
-  return ds.map(lambda p: _to_rgb32_flagged(_decode_any(tf.io.read_file(p))),
+  return ds.map(lambda p: _conform(_decode_any(tf.io.read_file(p)),
+                                   image_size, channels, resize),
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -291,52 +354,57 @@ def _decode_any(contents):
   return tf.io.decode_image(contents, expand_animations=False)
 
 
-def _to_rgb32_flagged(image):
-  """uint8 [H, W, C], C in 1..4, to ([32, 32, 3], whether it changed)."""
+def _to_channels(image, channels):
+  """uint8 [H, W, C], C in 1..4 (2: gray + alpha, 4: RGBA), to `channels`."""
+  stored = tf.shape(image)[2]
+  if channels == 3:
+    return tf.cond(stored < 3, lambda: tf.tile(image[:, :, :1], [1, 1, 3]),
+                   lambda: image[:, :, :3])
+  return tf.cond(stored < 3, lambda: image[:, :, :1],
+                 lambda: tf.image.rgb_to_grayscale(image[:, :, :3]))
+
+
+def _conform(image, image_size, channels, resize):
+  """One decoded image to `channels` and, if `resize`, to `image_size`.
+
+  Without `resize` an image of another size is cropped or padded to
+  `image_size` only so that it can be batched; its stored size, returned
+  too, is checked afterwards and the load refused.
+
+  Returns:
+    (uint8 [height, width, channels], int32 [2] stored size, converted).
+  """
   shape = tf.shape(image)
-  channels = shape[2]
-  # 1 and 2 channels are grayscale (2: with alpha); 4 is RGBA.
-  rgb = tf.cond(channels < CHANNELS,
-                lambda: tf.tile(image[:, :, :1], [1, 1, CHANNELS]),
-                lambda: image[:, :, :CHANNELS])
-  changed = tf.logical_or(
-      tf.not_equal(channels, CHANNELS),
-      tf.logical_or(tf.not_equal(shape[0], IMAGE_SIZE),
-                    tf.not_equal(shape[1], IMAGE_SIZE)))
-  return _to_uint8_rgb32(rgb), changed
+  size = shape[:2]
+  converted = tf.not_equal(shape[2], channels)
+  image = _to_channels(image, channels)
+  other_size = tf.reduce_any(tf.not_equal(size, image_size))
+  if resize:
+    image = tf.cond(other_size, lambda: _resize_uint8(image, image_size),
+                    lambda: image)
+    converted = tf.logical_or(converted, other_size)
+  else:
+    image = tf.image.resize_with_crop_or_pad(image, *image_size)
+  image = tf.ensure_shape(image, (*image_size, channels))
+  return image, size, converted
 
 
-def _to_uint8_rgb32(image):
-  """Resizes one uint8 [H, W, 3] image to 32x32 unless it already is."""
-  shape = tf.shape(image)
-  needs_resize = tf.logical_or(tf.not_equal(shape[0], IMAGE_SIZE),
-                               tf.not_equal(shape[1], IMAGE_SIZE))
-  image = tf.cond(needs_resize, lambda: _resize_uint8(image), lambda: image)
-  return tf.ensure_shape(image, (IMAGE_SIZE, IMAGE_SIZE, CHANNELS))
-
-
-def _resize_uint8(images):
-  """Resizes uint8 [..., H, W, C] images to 32x32, rounding back to uint8."""
+def _resize_uint8(images, image_size):
+  """Resizes uint8 [..., H, W, C] images to `image_size`, rounding to uint8."""
   # Antialiasing keeps large photos from aliasing when shrunk ~10x.
-  resized = tf.image.resize(images, (IMAGE_SIZE, IMAGE_SIZE), antialias=True)
+  resized = tf.image.resize(images, image_size, antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def _collect_converted(ds):
-  """`_collect` for a dataset of (image, converted); also counts conversions."""
-  chunks = [c for c in ds.batch(_CHUNK).prefetch(1).as_numpy_iterator()]
+def _collect(ds, image_size, channels):
+  """A dataset of `_conform` triples -> (images, stored sizes, conversions)."""
+  chunks = list(ds.batch(_CHUNK).prefetch(1).as_numpy_iterator())
   if not chunks:
-    return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, CHANNELS), dtype=np.uint8), 0
+    return (np.zeros((0, *image_size, channels), dtype=np.uint8),
+            np.zeros((0, 2), np.int32), 0)
   images = np.concatenate([c[0] for c in chunks], axis=0)
-  return images, int(sum(np.count_nonzero(c[1]) for c in chunks))
-
-
-def _collect(ds):
-  """Materialises a dataset of uint8 [32, 32, 3] images into one array."""
-  chunks = [c for c in ds.batch(_CHUNK).prefetch(1).as_numpy_iterator()]
-  if not chunks:
-    return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, CHANNELS), dtype=np.uint8)
-  return np.concatenate(chunks, axis=0)
+  sizes = np.concatenate([c[1] for c in chunks], axis=0)
+  return images, sizes, int(sum(np.count_nonzero(c[2]) for c in chunks))
 
 
 # ---------------------------------------------------------------------------
@@ -373,17 +441,22 @@ def _download_host_reachable(timeout_s: float = 5.0) -> bool:
 
 
 def load_tfds(name: str, data_dir: Optional[str] = None, train_limit: int = 0,
-              eval_limit: int = 0) -> Dataset:
+              eval_limit: int = 0, image_size: Optional[tuple] = None,
+              channels: Optional[int] = None) -> Dataset:
   """Loads the 'train' and 'test' splits of a TensorFlow Datasets dataset.
 
-  Downloads and prepares the dataset first if needed. Images that are not
-  32x32x3 (e.g. 28x28 grayscale) are converted to RGB and resized.
+  Any image classification dataset with `image` and `label` features works
+  (cifar10, cifar100, svhn_cropped, mnist, fashion_mnist, ...). Downloads
+  and prepares the dataset first if needed.
 
   Args:
     name: tfds name, e.g. "cifar10".
     data_dir: tfds data folder; None means the tfds default.
     train_limit: Training examples to keep; 0 means all.
     eval_limit: Test examples to keep; 0 means all.
+    image_size: (height, width) to resize to; None keeps the dataset's own
+      size, which must then be fixed.
+    channels: 1 or 3; None keeps the dataset's own (mnist: 1).
 
   Returns:
     The Dataset, with source "tfds:<name>".
@@ -426,15 +499,33 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_limit: int = 0,
       raise DataError(f"could not download/prepare tfds dataset {name!r} in "
                       f"{where}: {type(e).__name__}: {detail}") from e
 
-  label_feature = builder.info.features["label"]
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise DataError(f"tfds dataset {name!r} has features "
+                    f"{', '.join(features.keys())}; rsr_tf needs 'image' and "
+                    "'label'")
+  label_feature = features["label"]
   class_names = tuple(str(n) for n in label_feature.names)
+  stored = tuple(features["image"].shape)
+  if channels is None:
+    channels = stored[-1] if stored[-1] in CHANNEL_CHOICES else DEFAULT_CHANNELS
+  channels = _check_channels(channels)
+  if image_size is None:
+    if None in stored[:2]:
+      raise DataError(f"tfds dataset {name!r} has images of varying size; "
+                      "pass --image_size=H,W")
+    image_size = stored[:2]
+  image_size = tuple(int(d) for d in image_size)
   splits = {}
   for split, limit in (("train", train_limit), ("test", eval_limit)):
     try:
-      ds = builder.as_dataset(split=split, as_supervised=True)
+      ds = builder.as_dataset(split=split)
     except (KeyError, ValueError) as e:
       raise DataError(f"tfds dataset {name!r} has no {split!r} split "
                       f"(it has {', '.join(builder.info.splits)})") from e
+    ds = ds.map(lambda example: (
+        _conform(example["image"], image_size, channels, True)[0],
+        example["label"]), num_parallel_calls=tf.data.AUTOTUNE)
     # Not batch_size=-1: that batches by the recorded example count, or by
     # sys.maxsize when the count is unknown (as under tfds.testing.mock_data),
     # which aborts the process.
@@ -444,49 +535,29 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_limit: int = 0,
     images = np.concatenate([c[0] for c in chunks], axis=0)
     labels = np.concatenate([c[1] for c in chunks], axis=0).astype(np.int64)
     keep = balanced_subset(labels, limit)
-    splits[split] = Split(images=_to_rgb32_array(images[keep]),
-                          labels=labels[keep])
+    splits[split] = Split(images=images[keep], labels=labels[keep])
   return Dataset(train=splits["train"], test=splits["test"],
                  class_names=class_names, source=f"tfds:{name}")
-
-
-def _to_rgb32_array(images):
-  """Converts uint8 [N, H, W, C] (C in 1, 3, 4) to uint8 [N, 32, 32, 3]."""
-  images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[..., np.newaxis]
-  if images.dtype != np.uint8:
-    raise DataError(f"expected uint8 images, got {images.dtype}")
-  channels = images.shape[-1]
-  if channels == 1:
-    images = np.repeat(images, CHANNELS, axis=-1)
-  elif channels == 4:
-    images = images[..., :CHANNELS]
-  elif channels != CHANNELS:
-    raise DataError(f"cannot use images with {channels} channels")
-  if images.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE):
-    return np.ascontiguousarray(images)
-  out = np.empty((images.shape[0], IMAGE_SIZE, IMAGE_SIZE, CHANNELS),
-                 dtype=np.uint8)
-  for begin in range(0, images.shape[0], _CHUNK):
-    out[begin:begin + _CHUNK] = _resize_uint8(
-        images[begin:begin + _CHUNK]).numpy()
-  return out
 
 
 # ---------------------------------------------------------------------------
 # Embedded sample.
 
 
-def load_embedded_sample(train_limit: int = 0, eval_limit: int = 0) -> Dataset:
+def load_embedded_sample(train_limit: int = 0, eval_limit: int = 0,
+                         image_size: Optional[tuple] = None,
+                         channels: Optional[int] = None) -> Dataset:
   """Loads the small CIFAR-10 sample shipped in `rsr_tf/assets`.
 
   The sample holds 2000 train (200 per class) and 500 test (50 per class)
-  images as their original JPEG bytes; they are decoded on every call.
+  32x32 RGB images as their original JPEG bytes; they are decoded on every
+  call.
 
   Args:
     train_limit: Training examples to keep; 0 means all.
     eval_limit: Test examples to keep; 0 means all.
+    image_size: (height, width) to resize to; None keeps 32x32.
+    channels: 3 (None) or 1.
 
   Returns:
     The Dataset, with source "embedded:cifar10_sample".
@@ -510,6 +581,8 @@ def load_embedded_sample(train_limit: int = 0, eval_limit: int = 0) -> Dataset:
     raise DataError(f"embedded sample {path} lacks {', '.join(missing)}; "
                     f"rebuild it with scripts/make_embedded_sample.py")
   blob = arrays["jpeg_bytes"].tobytes()
+  size = tuple(int(d) for d in image_size) if image_size else (32, 32)
+  channels = _check_channels(channels)
   splits = {}
   for split, limit in (("train", train_limit), ("test", eval_limit)):
     offsets = arrays[f"{split}_offsets"].astype(np.int64)
@@ -518,10 +591,11 @@ def load_embedded_sample(train_limit: int = 0, eval_limit: int = 0) -> Dataset:
     encoded = [blob[offsets[i]:offsets[i + 1]] for i in keep]
     ds = tf.data.Dataset.from_tensor_slices(
         tf.constant(encoded, dtype=tf.string, shape=[len(encoded)]))
-    ds = ds.map(lambda b: _to_uint8_rgb32(
-        tf.io.decode_jpeg(b, channels=CHANNELS)),
+    ds = ds.map(lambda b: _conform(tf.io.decode_jpeg(b, channels=3), size,
+                                   channels, True),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    splits[split] = Split(images=_collect(ds), labels=labels[keep])
+    splits[split] = Split(images=_collect(ds, size, channels)[0],
+                          labels=labels[keep])
   class_names = tuple(str(n) for n in arrays["class_names"])
   return Dataset(train=splits["train"], test=splits["test"],
                  class_names=class_names, source="embedded:cifar10_sample")
@@ -610,7 +684,7 @@ def train_pipeline(split: Split, batch_size: int, seed: int = 0,
     augment: Whether to apply the random crop and flip.
 
   Returns:
-    A dataset of (float32 images [B, 32, 32, 3] in [0, 1], int64 labels [B]).
+    A dataset of (float32 images [B, H, W, C] in [0, 1], int64 labels [B]).
   """
   n = len(split)
   # Shuffling indices and gathering whole batches keeps the pixels as one
@@ -644,7 +718,7 @@ def eval_pipeline(split: Split, batch_size: int) -> tf.data.Dataset:
     batch_size: Examples per batch.
 
   Returns:
-    A dataset of (float32 images [B, 32, 32, 3] in [0, 1], int64 labels [B]).
+    A dataset of (float32 images [B, H, W, C] in [0, 1], int64 labels [B]).
   """
   images = tf.constant(split.images)
   labels = tf.constant(split.labels)

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from rsr_tf import attacks
+from rsr_tf import convert
 from rsr_tf import scoring
 
 STRONG_EPS = 64 / 255  # where PGD must bring any model to (almost) zero
@@ -29,20 +30,27 @@ class Classifier:
       of its input.
     differentiable: whether gradients of `logits_fn` can be taken.
     num_classes: width of the logits.
+    input_shape: (height, width, channels) of the images it takes.
   """
   name: str
   logits_fn: Callable
   differentiable: bool
   num_classes: int
+  input_shape: tuple = ()
 
 
 def from_keras(model, name=None, num_classes=None):
   """A Classifier over a Keras model in inference mode, noise on as deployed.
 
   `num_classes` defaults to the width of a functional model's output.
+
+  Raises:
+    ValueError: the model ends in a softmax (attacks need logits).
   """
+  convert.require_logits(model, "evaluation")
   return Classifier(name or model.name, attacks.inference_fn(model), True,
-                    num_classes or int(model.output_shape[-1]))
+                    num_classes or int(model.output_shape[-1]),
+                    tuple(int(d) for d in model.input_shape[1:]))
 
 
 def _saved_model_fn(path):
@@ -62,15 +70,16 @@ def _saved_model_fn(path):
 
 
 def _check_classifier_shapes(model, path):
-  """Refuses a Keras model that does not map CIFAR images to logits."""
+  """Refuses a Keras model that does not map images of one size to logits."""
   try:
     inputs, outputs = model.input_shape, model.output_shape
   except AttributeError:  # a subclassed model without a known input
-    return
-  if (not isinstance(inputs, tuple) or tuple(inputs[1:]) != (32, 32, 3)
+    raise ValueError(f"{path} holds a model without a known input shape; "
+                     "save a functional model") from None
+  if (not isinstance(inputs, tuple) or len(inputs) != 4 or None in inputs[1:]
       or not isinstance(outputs, tuple) or len(outputs) != 2):
-    raise ValueError(f"{path} is not a CIFAR classifier: it maps {inputs} to "
-                     f"{outputs}; expected (None, 32, 32, 3) images to "
+    raise ValueError(f"{path} is not an image classifier: it maps {inputs} to "
+                     f"{outputs}; expected (None, H, W, C) images to "
                      "(None, classes) logits")
 
 
@@ -86,28 +95,40 @@ def load_classifier(path):
       raise ValueError(f"{path} is a directory without saved_model.pb; expected a "
                        ".keras file, a SavedModel directory or a .tflite file")
     serve = _saved_model_fn(path)
+    (spec,) = serve.loaded.signatures["serving_default"] \
+        .structured_input_signature[1].values()
+    shape = tuple(spec.shape[1:])
+    if len(shape) != 3 or None in shape:
+      raise ValueError(f"{path} is not an image classifier: its serving "
+                       f"signature takes {list(spec.shape)}; expected "
+                       "[N, H, W, C] images")
     try:
-      probe = serve(tf.zeros((1, 32, 32, 3)))
+      probe = serve(tf.zeros((1,) + shape))
     except (TypeError, ValueError, tf.errors.OpError) as e:
-      raise ValueError(f"{path} is not a CIFAR classifier: its serving "
-                       "signature does not take (None, 32, 32, 3) images "
+      raise ValueError(f"{path} is not an image classifier: its serving "
+                       f"signature fails on {list(shape)} images "
                        f"({type(e).__name__})") from e
-    return Classifier(path, serve, True, int(probe.shape[-1]))
+    return Classifier(path, serve, True, int(probe.shape[-1]),
+                      tuple(int(d) for d in shape))
   if not os.path.isfile(path):
     raise ValueError(f"model file {path} does not exist")
   if path.endswith(".keras"):
     model = models.load(path)  # ValueError: one line
     _check_classifier_shapes(model, path)
-    return from_keras(model, name=path)
+    try:
+      return from_keras(model, name=path)
+    except convert.ModelError as e:
+      raise ValueError(str(e)) from None
   if path.endswith(".tflite"):
-    from rsr_tf import export  # noqa: E402  (conversion code; heavy only on use)
+    from rsr_tf import exporter as export  # noqa: E402  (heavy; only on use)
     try:
       predict = export.load_classifier(path)
     except export.ExportError as e:
       raise ValueError(str(e)) from e
-    probe = predict(np.zeros((1, 32, 32, 3), np.float32))
+    shape = tuple(predict.input_shape[1:])
+    probe = predict(np.zeros((1,) + shape, np.float32))
     return Classifier(path, lambda x: tf.constant(predict(np.asarray(x, np.float32))),
-                      False, int(probe.shape[-1]))
+                      False, int(probe.shape[-1]), shape)
   raise ValueError(f"{path}: unknown model format; expected a .keras file, a "
                    "SavedModel directory or a .tflite file")
 
@@ -231,7 +252,7 @@ def run_suite(target, x, y, config, source=None):
 
   Args:
     target: the `Classifier` under evaluation.
-    x: float32 images in [0, 1], [N, 32, 32, 3].
+    x: float32 images in [0, 1], [N, H, W, C].
     y: int64 labels [N].
     config: `config.EvalConfig`.
     source: optional differentiable `Classifier` for transfer attacks.

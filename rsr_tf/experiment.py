@@ -12,6 +12,7 @@ import rsr_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+from rsr_tf import convert
 from rsr_tf import data as data_lib
 from rsr_tf import distribute
 from rsr_tf import evaluation
@@ -20,7 +21,7 @@ from rsr_tf import models
 from rsr_tf import outputs
 from rsr_tf import plotting
 from rsr_tf import pruning
-from rsr_tf import regularizers
+from rsr_tf import recipe
 from rsr_tf import training
 
 
@@ -32,62 +33,37 @@ def _log(message):
   print(message, file=sys.stderr, flush=True)
 
 
-def _pruning_step_at(epoch, steps_per_epoch, adversarial_start):
-  """tfmot's pruning step when `epoch` begins: it counts training calls."""
-  calls = 0
-  for e in range(epoch):
-    adversarial = adversarial_start is not None and e >= adversarial_start
-    calls += steps_per_epoch * (2 if adversarial else 1)
-  return calls
+def _phase_hook(config):
+  """train_rsr's phase hook: checkpoints, logs and resume in `output_dir`.
 
-
-def _callbacks(config, trainer, checkpoint, images_per_epoch, adversarial_start):
+  Each phase keeps its latest model + optimizer state in
+  `checkpoints/<phase>/`, one row per epoch in `history.csv` and TensorBoard
+  logs; a rerun restores the checkpoint and carries on after its epoch.
+  With `init_from`, phase 1 is another run's finished one.
+  """
   out = config.output_dir
-  throughput = training.Throughput(images_per_epoch)
-  stop = training.StopOnNaN()
-  callbacks = [
-      stop,
-      throughput,
-      # The log row is written before the checkpoint, so every checkpointed
-      # epoch has its row; rows past the checkpoint are cut on resume.
-      keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
-      checkpoint,
-      keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
-                                  write_graph=False, profile_batch=0),
-  ]
-  if adversarial_start is not None:
-    callbacks.insert(0, training.AdversarialStart(adversarial_start))
-  if pruning.is_pruned(trainer.backbone):
-    callbacks += pruning.callbacks()
-  return callbacks, throughput, stop
 
-
-def _fit(config, backbone, optimizer, train_ds, eval_ds, phase, first_epoch,
-         last_epoch, images_per_epoch):
-  adversarial_start = config.adversarial_start_epoch()
-  trainer = training.RSRTrainer(backbone, config.attack, config.loss)
-  trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-  checkpoint = training.Checkpoint(
-      os.path.join(config.output_dir, "checkpoints", phase), backbone,
-      trainer.optimizer)
-  start = max(first_epoch, checkpoint.restore())
-  if start >= last_epoch:
-    _log(f"{phase}: already complete in {checkpoint.manager.latest_checkpoint}")
-    return []
-  if start > first_epoch:
-    _log(f"{phase}: resuming after epoch {start} from "
-         f"{checkpoint.manager.latest_checkpoint}")
-  _truncate_history(os.path.join(config.output_dir, "history.csv"), start)
-  trainer.adversarial_active = (adversarial_start is not None
-                                and start >= adversarial_start)
-  callbacks, throughput, stop = _callbacks(config, trainer, checkpoint,
-                                           images_per_epoch, adversarial_start)
-  trainer.fit(train_ds, validation_data=eval_ds, epochs=last_epoch,
-              initial_epoch=start, callbacks=callbacks,
-              verbose=2 if os.environ.get("CI") else 1)
-  if stop.message:
-    raise RunError(f"{phase}: {stop.message}")
-  return throughput.per_epoch()
+  def hook(phase):
+    if phase.name == "train" and config.init_from:
+      _restore_phase_one(config, phase.model)
+      return phase.last_epoch, []
+    checkpoint = training.Checkpoint(
+        os.path.join(out, "checkpoints", phase.name), phase.model,
+        phase.optimizer)
+    start = max(phase.first_epoch, checkpoint.restore())
+    if start > phase.first_epoch:
+      _log(f"{phase.name}: checkpoint {checkpoint.manager.latest_checkpoint}")
+    if start < phase.last_epoch:
+      _truncate_history(os.path.join(out, "history.csv"), start)
+    return start, [
+        # The log row is written before the checkpoint, so every checkpointed
+        # epoch has its row; rows past the checkpoint are cut on resume.
+        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        checkpoint,
+        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
+                                    write_graph=False, profile_batch=0),
+    ]
+  return hook
 
 
 def _read_history(path):
@@ -169,63 +145,42 @@ def _restore_phase_one(config, backbone):
   return []
 
 
-def _train_and_prune(config, build, train_ds, eval_ds, steps_per_epoch,
-                     images_per_epoch):
-  """Both phases: RSR training, pruning, fine-tuning; in the strategy's scope.
+def _train_and_prune(config, build, train_ds, eval_ds):
+  """Both phases through `recipe.train_rsr`, in the strategy's scope.
 
   Returns:
-    (backbone, training images/s per phase, one-shot layer sparsities or None)
+    The `recipe.RSRResult`.
   """
   keras.mixed_precision.set_global_policy(
       "float32" if config.mixed_precision == "none" else config.mixed_precision)
   backbone = build()
   _log(f"model: {config.model.name}, {backbone.count_params():,} parameters, "
-       f"noise={config.model.noise}")
-
-  opt = config.optimizer
-  prune = config.prune
-  adversarial_start = config.adversarial_start_epoch()
-  if prune.schedule == "polynomial":
-    begin = _pruning_step_at(prune.begin_epoch, steps_per_epoch, adversarial_start)
-    end = _pruning_step_at(prune.end_epoch or opt.epochs, steps_per_epoch,
-                           adversarial_start)
-    backbone = pruning.prune(backbone, pruning.polynomial_schedule(
-        prune.target_sparsity, begin, end, prune.frequency))
-    _log(f"pruning: polynomial to {prune.target_sparsity:.0%} between "
-         f"training calls {begin} and {end}")
-
-  recipe = "+".join(part for part, on in (
-      ("PNI", config.model.noise != "none"),
-      ("PGD-AT", config.loss.adversarial),
-      ("lasso", config.loss.lambda_l1 > 0 or config.loss.lambda_group > 0))
-      if on) or "natural"
-  _log(f"phase 1: {recipe} training, {opt.epochs} epochs; adversarial from epoch "
-       f"{'never' if adversarial_start is None else adversarial_start + 1}")
-  schedule = training.step_decay(opt.learning_rate, opt.epochs, steps_per_epoch,
-                                 opt.lr_milestones, opt.lr_gamma)
-  if config.init_from:
-    rates = {"train": _restore_phase_one(config, backbone)}
-  else:
-    rates = {"train": _fit(config, backbone,
-                           training.sgd(schedule, opt.momentum), train_ds,
-                           eval_ds, "train", 0, opt.epochs, images_per_epoch)}
-
-  layer_sparsity = None
-  if prune.schedule == "oneshot":
-    layer_sparsity = pruning.global_magnitude_sparsities(backbone,
-                                                         prune.target_sparsity)
-    backbone = pruning.prune(backbone, pruning.constant_schedules(
-        layer_sparsity, prune.frequency))
-    _log(f"pruning: one global magnitude threshold for {prune.target_sparsity:.0%}; "
-         "per layer: " + ", ".join(f"{k} {v:.2f}" for k, v in layer_sparsity.items()))
-  if opt.finetune_epochs:
-    _log(f"phase 2: fine-tune at the target sparsity, {opt.finetune_epochs} "
-         f"epochs, lr {opt.finetune_lr}")
-    rates["finetune"] = _fit(
-        config, backbone, training.sgd(opt.finetune_lr, opt.momentum), train_ds,
-        eval_ds, "finetune", opt.epochs, opt.epochs + opt.finetune_epochs,
-        images_per_epoch)
-  return backbone, rates, layer_sparsity
+       f"noise={config.model.noise}, input {list(backbone.input_shape[1:])}")
+  opt, loss, attack, prune = (config.optimizer, config.loss, config.attack,
+                              config.prune)
+  try:
+    return recipe.train_rsr(
+        backbone, train_ds, eval_ds, epochs=opt.epochs,
+        target_sparsity=prune.target_sparsity,
+        finetune_epochs=opt.finetune_epochs, prune_schedule=prune.schedule,
+        prune_begin_epoch=prune.begin_epoch,
+        prune_end_epoch=prune.end_epoch or None,
+        prune_frequency=prune.frequency, lambda_l1=loss.lambda_l1,
+        lambda_group=loss.lambda_group, weight_decay=loss.weight_decay,
+        eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+        rand_init=attack.rand_init, adversarial=loss.adversarial,
+        adv_delay_epochs=config.adversarial_start_epoch(),
+        clean_weight=loss.clean_weight, adv_weight=loss.adv_weight,
+        attack_true_labels=loss.attack_true_labels,
+        learning_rate=opt.learning_rate, momentum=opt.momentum,
+        lr_milestones=opt.lr_milestones, lr_gamma=opt.lr_gamma,
+        finetune_lr=opt.finetune_lr, phase_hook=_phase_hook(config),
+        jit_compile=config.jit_compile,
+        verbose=2 if os.environ.get("CI") else 1, log=_log)
+  except recipe.TrainingError as e:
+    raise RunError(str(e)) from None
+  except (ValueError, convert.ModelError) as e:
+    raise RunError(str(e).splitlines()[0]) from e
 
 
 def run(config, argv=None):
@@ -270,29 +225,27 @@ def run(config, argv=None):
   train_ds = data_lib.train_pipeline(data.train, batch, seed=config.data.seed,
                                      augment=config.data.augment)
   eval_ds = data_lib.eval_pipeline(data.test, batch)
-  steps_per_epoch = len(data.train.labels) // batch
-  images_per_epoch = steps_per_epoch * batch
 
-  penalty = regularizers.KernelPenalty(config.loss.lambda_l1,
-                                       config.loss.lambda_group,
-                                       config.loss.weight_decay)
   def build():
-    return models.build(config.model.name, data.num_classes,
-                        noise=config.model.noise,
-                        alpha_init=config.model.alpha_init,
-                        kernel_regularizer=penalty, mean=mean, std=std)
+    try:
+      return models.from_spec(config.model.name, data.image_shape,
+                              data.num_classes, noise=config.model.noise,
+                              alpha_init=config.model.alpha_init, mean=mean,
+                              std=std)
+    except ValueError as e:
+      raise RunError(str(e).splitlines()[0]) from e
 
   # Variables made in the scope are mirrored over the replicas: the model,
   # tfmot's masks and step, the optimizer, the trainer's metrics.
   with strategy.scope():
-    backbone, rates, layer_sparsity = _train_and_prune(
-        config, build, train_ds, eval_ds, steps_per_epoch, images_per_epoch)
+    result = _train_and_prune(config, build, train_ds, eval_ds)
+  rates, layer_sparsity = result.images_per_second, result.layer_sparsity
   opt = config.optimizer
   prune = config.prune
   adversarial_start = config.adversarial_start_epoch()
   history = _read_history(os.path.join(out, "history.csv"))
 
-  final = pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone
+  final = result.model
   if config.mixed_precision != "none" or config.strategy != "default":
     # Deployments get a float32 model: mixed policies keep float32 variables,
     # so the same weights load into a float32 build of the same network.
@@ -335,6 +288,9 @@ def run(config, argv=None):
       # first, and the one where PGD starts) are slower; the last is steady.
       "training_images_per_second": rates,
       "history": history,
+      "model": {"spec": config.model.name,
+                "input_shape": list(data.image_shape),
+                "num_classes": data.num_classes},
       "data": {"source": data.source, "train_examples": len(data.train.labels),
                "eval_examples": len(data.test.labels),
                "class_names": list(data.class_names)},

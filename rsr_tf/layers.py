@@ -10,11 +10,14 @@ NOISE_MODES = ("none", "layer", "channel", "element")
 NOISE_SCOPE = "pni_noise"
 
 
-def _alpha_shape(mode, kernel_shape):
+def _alpha_shape(mode, kernel_shape, channel_axes=1):
+  """Shape of alpha for one kernel; `channel_axes` trailing axes index outputs."""
   if mode == "layer":
     return ()
   if mode == "channel":
-    return (kernel_shape[-1],)  # conv HWIO and dense [in, out]: last axis is output
+    # Conv HWIO and dense [in, out]: the last axis is the output channel.
+    # Depthwise [h, w, in, multiplier]: output channel in * multiplier + m.
+    return tuple(kernel_shape[-channel_axes:])
   if mode == "element":
     return tuple(kernel_shape)
   raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
@@ -26,6 +29,11 @@ class _WeightNoise:
   Both eta and std(w) are constants for backprop, so d w_noisy / d alpha = eta
   and d w_noisy / d w = 1.
   """
+
+  # The attribute holding the weight that gets noise, and how many of its
+  # trailing axes index output channels (one alpha each in "channel" mode).
+  KERNEL_ATTRIBUTE = "kernel"
+  CHANNEL_AXES = 1
 
   # Cooperative with the Keras layer after this mixin in the MRO: it takes
   # the layer's own arguments, this the noise ones.
@@ -52,13 +60,19 @@ class _WeightNoise:
       return
     self.alpha = self.add_weight(
         name="alpha",
-        shape=_alpha_shape(self.noise, self.kernel.shape),
+        shape=_alpha_shape(self.noise, self.noisy_weight.shape,
+                           self.CHANNEL_AXES),
         initializer=keras.initializers.Constant(self.alpha_init),
         trainable=True,
         dtype=self.dtype,  # the variable dtype: float32 under mixed policies
         # Read as float32 too: the noise scale is a small learned number that
         # bfloat16's 8-bit mantissa would quantise.
         experimental_autocast=False)
+
+  @property
+  def noisy_weight(self):
+    """The kernel variable that carries the noise and is pruned."""
+    return getattr(self, self.KERNEL_ATTRIBUTE)
 
   def noisy_kernel(self, kernel):
     """Returns the kernel with fresh noise, or `kernel` itself when off."""
@@ -88,7 +102,7 @@ class _WeightNoise:
     return self.noise_split and self.alpha is not None and self.noise_enabled
 
   def get_prunable_weights(self):
-    return [self.kernel]
+    return [self.noisy_weight]
 
   def get_config(self):
     return {**super().get_config(), "noise": self.noise,
@@ -140,6 +154,41 @@ class NoisyDense(_WeightNoise, keras.layers.Dense,
 
 
 @keras.saving.register_keras_serializable(package="rsr_tf")
+class NoisyDepthwiseConv2D(_WeightNoise, keras.layers.DepthwiseConv2D,
+                           tfmot.sparsity.keras.PrunableLayer):
+  """DepthwiseConv2D with PNI-W noise on its depthwise kernel.
+
+  In "channel" mode alpha has shape [in, depth_multiplier]: one per output
+  channel. With `noise="none"` it is a plain depthwise convolution that
+  tfmot can prune (tfmot's own registry prunes nothing of a DepthwiseConv2D).
+  Arguments as `NoisyConv2D`.
+  """
+
+  KERNEL_ATTRIBUTE = "depthwise_kernel"
+  CHANNEL_AXES = 2
+
+  def _depthwise(self, inputs, kernel):
+    return keras.backend.depthwise_conv2d(
+        inputs, kernel, strides=self.strides, padding=self.padding,
+        dilation_rate=self.dilation_rate, data_format=self.data_format)
+
+  def call(self, inputs):
+    kernel = self.depthwise_kernel
+    if self._split_active():
+      with tf.name_scope(NOISE_SCOPE):
+        noise_out = self._depthwise(inputs, self.noise_term(kernel))
+      outputs = self._depthwise(inputs, kernel) + noise_out
+    else:
+      outputs = self._depthwise(inputs, self.noisy_kernel(kernel))
+    if self.use_bias:
+      outputs = keras.backend.bias_add(outputs, self.bias,
+                                       data_format=self.data_format)
+    if self.activation is not None:
+      return self.activation(outputs)
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="rsr_tf")
 class ChannelPadShortcut(keras.layers.Layer):
   """ResNet option-A shortcut: subsample by `stride`, zero-pad new channels.
 
@@ -166,7 +215,7 @@ class ChannelPadShortcut(keras.layers.Layer):
 
 
 def noisy_layers(model):
-  """Every NoisyConv2D/NoisyDense in `model`, looking inside pruning wrappers."""
+  """Every noisy layer in `model`, looking inside pruning wrappers and sub-models."""
   found = []
   for layer in model.layers:
     inner = getattr(layer, "layer", layer)  # tfmot's PruneLowMagnitude
@@ -212,10 +261,18 @@ def alphas(model):
   return [layer.alpha for layer in noisy_layers(model) if layer.alpha is not None]
 
 
-NOISY_LAYER_TYPES = (NoisyConv2D, NoisyDense)
+# Each plain Keras layer that has a PNI-W twin, and the twin: the one list
+# of what `add_weight_noise` converts and what pruning covers.
+NOISY_TWINS = {
+    keras.layers.Conv2D: NoisyConv2D,
+    keras.layers.DepthwiseConv2D: NoisyDepthwiseConv2D,
+    keras.layers.Dense: NoisyDense,
+}
+NOISY_LAYER_TYPES = tuple(NOISY_TWINS.values())
 
 CUSTOM_OBJECTS = {
     "NoisyConv2D": NoisyConv2D,
+    "NoisyDepthwiseConv2D": NoisyDepthwiseConv2D,
     "NoisyDense": NoisyDense,
     "ChannelPadShortcut": ChannelPadShortcut,
 }

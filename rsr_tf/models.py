@@ -1,4 +1,5 @@
-"""CIFAR ResNet-20, ResNet-18 and VGG-16 (BN) built from noisy layers, by name."""
+"""CIFAR ResNet-20, ResNet-18 and VGG-16 (BN) built from noisy layers, by name,
+and the user's own models (a saved file or a factory)."""
 
 import warnings
 
@@ -104,10 +105,12 @@ def vgg16(b, x, num_classes):
 
 
 MODELS = {"resnet20": resnet20, "resnet18": resnet18, "vgg16": vgg16}
+# The smallest image side each network takes: VGG-16 halves it five times.
+MIN_IMAGE_SIDE = {"resnet20": 4, "resnet18": 8, "vgg16": 32}
 
 
 def build(name, num_classes=10, noise="channel", alpha_init=0.25,
-          kernel_regularizer=None, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+          kernel_regularizer=None, mean=None, std=None,
           input_shape=(32, 32, 3)):
   """Builds a functional tf_keras model that maps [0, 1] images to logits.
 
@@ -121,19 +124,40 @@ def build(name, num_classes=10, noise="channel", alpha_init=0.25,
     alpha_init: initial noise scale.
     kernel_regularizer: penalty on every conv/dense kernel (never on alpha),
       e.g. `regularizers.KernelPenalty`.
-    mean: per-channel mean of the training images, in [0, 1].
-    std: per-channel standard deviation of the training images.
-    input_shape: image shape, channels last.
+    mean: per-channel mean of the training images, in [0, 1]; None:
+      CIFAR-10's for 3 channels, 0.5 otherwise.
+    std: per-channel standard deviation of the training images; None:
+      CIFAR-10's for 3 channels, 0.25 otherwise.
+    input_shape: image shape (height, width, channels), channels last.
 
   Returns:
     An uncompiled `keras.Model` named after `name`.
 
   Raises:
-    ValueError: unknown model name.
+    ValueError: unknown model name, an image too small for the network, or
+      statistics that do not match the channel count.
   """
   if name not in MODELS:
     raise ValueError(
         f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+  input_shape = tuple(int(d) for d in input_shape)
+  if len(input_shape) != 3:
+    raise ValueError(f"input_shape must be (height, width, channels), got "
+                     f"{list(input_shape)}")
+  if min(input_shape[:2]) < MIN_IMAGE_SIDE[name]:
+    raise ValueError(
+        f"{name} needs images of at least {MIN_IMAGE_SIDE[name]}x"
+        f"{MIN_IMAGE_SIDE[name]}, got {input_shape[0]}x{input_shape[1]}; "
+        "resize them (--image_size) or pick another model")
+  channels = input_shape[2]
+  if mean is None:
+    mean = CIFAR10_MEAN if channels == 3 else (0.5,) * channels
+  if std is None:
+    std = CIFAR10_STD if channels == 3 else (0.25,) * channels
+  for label, stat in (("mean", mean), ("std", std)):
+    if len(stat) != channels:
+      raise ValueError(f"{label} has {len(stat)} values for {channels}-channel "
+                       "images")
   inputs = keras.Input(shape=input_shape, name="image")
   x = keras.layers.Normalization(
       mean=list(np.asarray(mean, np.float32)),
@@ -148,6 +172,81 @@ def build(name, num_classes=10, noise="channel", alpha_init=0.25,
 # not depend on which rsr_tf modules happen to be imported already.
 CUSTOM_OBJECTS = {**rsr_layers.CUSTOM_OBJECTS,
                   "KernelPenalty": regularizers.KernelPenalty}
+
+
+def from_spec(spec, input_shape, num_classes, noise="channel",
+              alpha_init=0.25, mean=None, std=None):
+  """The model a `--model` value names, for `input_shape` images.
+
+  Args:
+    spec: a key of `MODELS` (built with the noise and the statistics), a
+      saved `PATH.keras` (untrained or pretrained), or `package.module:fn`, a
+      factory called as `fn(input_shape=..., num_classes=...)`. A user's
+      model takes [0, 1] images (its own normalisation, if any, inside) and
+      gets `add_weight_noise(model, noise, alpha_init)` unless noise is
+      "none".
+    input_shape: (height, width, channels) of the data.
+    num_classes: classes in the data.
+    noise, alpha_init: PNI-W settings.
+    mean, std: the training data's per-channel statistics (built-ins only).
+
+  Raises:
+    ValueError: one line saying why the model cannot be used with the data.
+  """
+  from rsr_tf import config as config_lib  # noqa: E402  (light)
+  from rsr_tf import convert  # noqa: E402
+  if spec in MODELS:
+    return build(spec, num_classes, noise=noise, alpha_init=alpha_init,
+                 mean=mean, std=std, input_shape=input_shape)
+  if config_lib.is_model_file(spec):
+    model = load(spec)
+  elif config_lib.is_model_factory(spec):
+    model = _call_factory(spec, input_shape, num_classes)
+  else:
+    raise ValueError(f"--model {spec!r} is neither a built-in "
+                     f"({', '.join(MODELS)}), a PATH.keras file nor a "
+                     "package.module:function factory")
+  try:
+    convert.check_functional(model, f"--model {spec}")
+  except convert.ModelError as e:
+    raise ValueError(str(e)) from None
+  if tuple(model.input_shape[1:]) != tuple(input_shape):
+    raise ValueError(f"--model {spec} takes inputs of shape "
+                     f"{list(model.input_shape[1:])} but the images are "
+                     f"{list(input_shape)}; pass --image_size/--channels to "
+                     "match, or change the model")
+  if len(model.output_shape) != 2 or model.output_shape[-1] != num_classes:
+    raise ValueError(f"--model {spec} outputs shape {list(model.output_shape)}; "
+                     f"the data has {num_classes} classes, so it must output "
+                     f"[N, {num_classes}] logits")
+  model = convert.logits_model(model)
+  if noise != "none":
+    model = convert.add_weight_noise(model, noise, alpha_init)
+  return model
+
+
+def _call_factory(spec, input_shape, num_classes):
+  import importlib  # noqa: E402
+  module_name, _, function_name = spec.partition(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"--model {spec}: cannot import {module_name!r} ({e}); "
+                     "is its folder on PYTHONPATH?") from e
+  factory = getattr(module, function_name, None)
+  if not callable(factory):
+    raise ValueError(f"--model {spec}: {module_name} has no function "
+                     f"{function_name!r}")
+  try:
+    model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
+  except Exception as e:  # the user's code: any error, shown in one line
+    raise ValueError(f"--model {spec}: {function_name}(input_shape="
+                     f"{tuple(input_shape)}, num_classes={num_classes}) "
+                     f"failed: {type(e).__name__}: {e}") from e
+  if not isinstance(model, keras.Model):
+    raise ValueError(f"--model {spec} returned {type(model).__name__}, not a "
+                     "tf_keras Model (build it with `import tf_keras as keras`)")
+  return model
 
 
 def load(path):

@@ -45,6 +45,10 @@ class KernelPenalty(keras.regularizers.Regularizer):
     self.lambda_group = float(lambda_group)
     self.weight_decay = float(weight_decay)
 
+  def active(self):
+    """Whether any strength is non-zero."""
+    return bool(self.lambda_l1 or self.lambda_group or self.weight_decay)
+
   def __call__(self, kernel):
     kernel = tf.cast(kernel, tf.float32)
     penalty = tf.constant(0.0)

@@ -8,8 +8,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from rsr_tf import attacks
+from rsr_tf import convert
 from rsr_tf import layers as rsr_layers
 from rsr_tf import pruning
+from rsr_tf import regularizers
 
 
 def _cross_entropy(labels, logits):
@@ -42,14 +44,41 @@ def _replica_objective(data_loss, penalty, labels, replicas):
   return data_loss * (local / global_batch) + penalty / replicas
 
 
+# tfmot advances its pruning step on every `training=True` call of a wrapped
+# layer; an adversarial train step calls the model twice (clean, then x_adv).
+CALLS_PER_STEP = {False: 1, True: 2}
+
+
+def training_calls_before(epoch, steps_per_epoch, adversarial_start):
+  """tfmot's pruning step when 0-based `epoch` begins: it counts training calls.
+
+  Args:
+    epoch: the epoch about to begin.
+    steps_per_epoch: train steps per epoch.
+    adversarial_start: first adversarial epoch, or None for never.
+  """
+  return sum(steps_per_epoch * CALLS_PER_STEP[
+      adversarial_start is not None and e >= adversarial_start]
+             for e in range(epoch))
+
+
+def _check_argument(ok, name, rule, value):
+  if not ok:
+    raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
 class RSRTrainer(keras.Model):
   """Wraps a functional backbone and trains it with the RSR objective.
 
-  loss = clean_weight * CE(x) + adv_weight * CE(x_adv) + sum(backbone.losses),
-  where x_adv is PGD made by the noisy backbone in inference mode, and
-  `backbone.losses` holds the kernel penalties (lasso, group lasso, decay).
-  Before adversarial training starts (`adversarial_active` False) the loss is
-  CE(x) plus the penalties.
+  loss = clean_weight * CE(x) + adv_weight * CE(x_adv) + penalty, where x_adv
+  is L-inf PGD made by the backbone in inference mode (weight noise on), and
+  penalty = lambda_l1 * sum|w| + lambda_group * sum_f ||w_f|| +
+  weight_decay / 2 * sum w^2 over every prunable kernel (Conv2D,
+  DepthwiseConv2D and Dense, noisy or not; never biases, batch norm or the
+  noise scales), plus the backbone's own `losses` (its regularizers and
+  `add_loss` terms). Without adversarial examples (`adversarial=False`,
+  `steps=0`, or before `adversarial_active` is switched on) the loss is
+  CE(x) plus the penalty: natural training.
 
   Under a tf.distribute strategy (build the backbone, the optimizer and this
   trainer in its scope) each replica gets its part of the global batch, and
@@ -59,26 +88,65 @@ class RSRTrainer(keras.Model):
   over the replicas.
 
   Args:
-    backbone: the model to train; may carry tfmot pruning wrappers.
-    attack: `config.AttackConfig` for the PGD that makes x_adv.
-    loss: `config.LossConfig` for the weights and label choice.
-    adversarial_active: whether train steps make x_adv at all.
+    model: the backbone to train, mapping [0, 1] images to logits; any
+      tf_keras model, with or without noisy layers, maybe in pruning
+      wrappers (train those with the `UpdatePruningStep` callback).
+    eps: PGD's L-inf budget, in [0, 1] pixel units.
+    step_size: PGD's step, at most `eps`.
+    steps: PGD steps; 0 trains naturally.
+    rand_init: PGD starts from a uniform random point in the eps-ball.
+    adversarial: False trains naturally whatever `steps` is.
+    clean_weight: weight of CE on clean images.
+    adv_weight: weight of CE on adversarial images.
+    attack_true_labels: attack the true labels instead of the model's own
+      predictions (which avoid label leaking, as the method does).
+    lambda_l1: lasso strength on the kernels.
+    lambda_group: group lasso strength over output filters.
+    weight_decay: L2 coefficient (coupled, as PyTorch's SGD: gradient
+      weight_decay * w).
+    **kwargs: for `keras.Model` (e.g. name).
+
+  Raises:
+    ValueError: an argument out of range, or a backbone ending in a softmax.
   """
 
-  def __init__(self, backbone, attack, loss, adversarial_active=True, **kwargs):
+  def __init__(self, model, eps=8 / 255, step_size=2 / 255, steps=7,
+               rand_init=True, adversarial=True, clean_weight=0.5,
+               adv_weight=0.5, attack_true_labels=False, lambda_l1=5e-6,
+               lambda_group=0.0, weight_decay=3e-4, **kwargs):
     super().__init__(**kwargs)
-    self.backbone = backbone
-    self.attack = attack
-    self.loss_config = loss
-    self.adversarial_active = bool(adversarial_active)
+    convert.require_logits(model, "RSRTrainer")
+    _check_argument(0 <= eps <= 1, "eps", "in [0, 1] (pixel units)", eps)
+    _check_argument(0 <= step_size <= eps, "step_size", f"in [0, eps={eps}]",
+                    step_size)
+    _check_argument(isinstance(steps, int) and steps >= 0, "steps",
+                    "an int >= 0", steps)
+    for name, value in (("clean_weight", clean_weight),
+                        ("adv_weight", adv_weight)):
+      _check_argument(value >= 0, name, ">= 0", value)
+    self.backbone = model
+    # Python floats: CleverHans needs eps static inside tf.function.
+    self.eps = float(eps)
+    self.step_size = float(step_size)
+    self.steps = int(steps)
+    self.rand_init = bool(rand_init)
+    self.adversarial = bool(adversarial) and self.steps > 0
+    self.clean_weight = float(clean_weight)
+    self.adv_weight = float(adv_weight)
+    self.attack_true_labels = bool(attack_true_labels)
+    _check_argument(not self.adversarial or clean_weight + adv_weight > 0,
+                    "clean_weight + adv_weight", "> 0 to train adversarially",
+                    clean_weight + adv_weight)
+    self.kernel_penalty = regularizers.KernelPenalty(lambda_l1, lambda_group,
+                                                     weight_decay)
+    self.adversarial_active = self.adversarial
     # Attack passes use the unwrapped layers, which hold the same variables:
     # tfmot's wrapper would re-assign weights * mask on every PGD step, and
     # the clean pass of the same train step has already applied the mask.
     self._attack_fn = attacks.inference_fn(
-        pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone)
-    noisy = rsr_layers.noisy_layers(backbone)
-    self._kernels = [layer.kernel for layer in noisy]
-    self._alphas = [layer.alpha for layer in noisy if layer.alpha is not None]
+        pruning.strip(model) if pruning.is_pruned(model) else model)
+    self._kernels = list(pruning.kernels(model).values())
+    self._alphas = rsr_layers.alphas(model)
     mean = keras.metrics.Mean
     self._trackers = {name: mean(name=name) for name in (
         "loss", "clean_loss", "adv_loss", "penalty", "clean_accuracy",
@@ -96,7 +164,7 @@ class RSRTrainer(keras.Model):
 
     tfmot advances its pruning step on each, so schedules count these.
     """
-    return 2 if self.adversarial_active else 1
+    return CALLS_PER_STEP[self.adversarial_active]
 
   def train_step(self, data):
     x, y = data
@@ -109,12 +177,11 @@ class RSRTrainer(keras.Model):
           x_adv = self._adversarial_examples(x, y, clean_logits)
         adv_logits = self.backbone(x_adv, training=True)
         adv_loss = _cross_entropy(y, adv_logits)
-        data_loss = (self.loss_config.clean_weight * clean_loss
-                     + self.loss_config.adv_weight * adv_loss)
+        data_loss = (self.clean_weight * clean_loss
+                     + self.adv_weight * adv_loss)
       else:
         data_loss = clean_loss
-      penalty = (tf.add_n(self.backbone.losses) if self.backbone.losses
-                 else tf.constant(0.0))
+      penalty = self._penalty()
       loss = data_loss + penalty
       # One device differentiates `loss` itself, so its numbers stay exactly
       # those of a run without a strategy.
@@ -149,13 +216,28 @@ class RSRTrainer(keras.Model):
   def _adversarial_examples(self, x, y, clean_logits):
     # The model's own predictions avoid label leaking (Kurakin et al.), and
     # reusing the clean pass's logits saves a forward pass.
-    labels = y if self.loss_config.attack_true_labels else tf.argmax(
-        clean_logits, -1)
-    return attacks.pgd(self._attack_fn, x, labels, eps=self.attack.eps,
-                       step_size=self.attack.step_size, steps=self.attack.steps,
-                       rand_init=self.attack.rand_init)
+    labels = y if self.attack_true_labels else tf.argmax(clean_logits, -1)
+    return attacks.pgd(self._attack_fn, x, labels, eps=self.eps,
+                       step_size=self.step_size, steps=self.steps,
+                       rand_init=self.rand_init)
+
+  def _penalty(self):
+    """The kernel penalty on every prunable kernel, plus the backbone's losses."""
+    terms = []
+    if self.kernel_penalty.active():
+      for kernel in self._kernels:
+        # The scope Keras gives a kernel_regularizer's ops. Grappler's
+        # rewrites depend on op names, so this keeps the sums (and the
+        # weights of a seeded run) bit for bit those of the penalty attached
+        # as a regularizer, as rsr_tf did before RSRTrainer took lambdas.
+        with tf.name_scope(kernel.name.split(":")[0] + "/Regularizer"):
+          terms.append(self.kernel_penalty(kernel))
+    terms += self.backbone.losses
+    return tf.add_n(terms) if terms else tf.constant(0.0)
 
   def _update_weight_stats(self):
+    if not self._kernels:
+      return
     sizes = [tf.cast(tf.size(k), tf.float32) for k in self._kernels]
     self._trackers["l1_norm"].update_state(
         tf.add_n([tf.reduce_sum(tf.abs(k)) for k in self._kernels]))
@@ -194,15 +276,22 @@ class AdversarialStart(keras.callbacks.Callback):
   """Turns adversarial training on from epoch `start_epoch` (0-based).
 
   The switch is a Python attribute of the trainer, so the train function is
-  retraced once when it flips, and no step pays for a `tf.cond`.
+  retraced once when it flips, and no step pays for a `tf.cond`. A trainer
+  built with `adversarial=False` or `steps=0` stays natural.
   """
 
   def __init__(self, start_epoch):
     super().__init__()
     self.start_epoch = start_epoch
 
+  @staticmethod
+  def active_at(trainer, epoch, start_epoch):
+    """Whether `trainer` makes adversarial examples in 0-based `epoch`."""
+    return (trainer.adversarial and start_epoch is not None
+            and epoch >= start_epoch)
+
   def on_epoch_begin(self, epoch, logs=None):
-    wanted = epoch >= self.start_epoch
+    wanted = self.active_at(self.model, epoch, self.start_epoch)
     if self.model.adversarial_active != wanted:
       self.model.adversarial_active = wanted
       self.model.make_train_function(force=True)

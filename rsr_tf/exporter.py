@@ -18,7 +18,9 @@ import time
 import rsr_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
+from rsr_tf import convert
 from rsr_tf import layers as rsr_layers
 from rsr_tf import litert
 from rsr_tf import models
@@ -34,7 +36,7 @@ ARTIFACT_NAMES = {
 }
 REPORT_NAME = "export.json"
 LABELS_NAME = "labels.txt"
-IMAGE_SHAPE = (32, 32, 3)
+MODEL_FILE = "model.keras"  # the Keras model, when export is given an object
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 SIGNATURE_KEY = "serving_default"
@@ -96,7 +98,7 @@ class ExportConfig:
 
 
 def load_classifier(path, batch_size=128, num_threads=None):
-  """A function from float32 images [N, 32, 32, 3] in [0, 1] to logits [N, C].
+  """A function from float32 images [N, H, W, C] in [0, 1] to logits [N, classes].
 
   Args:
     path: a `.keras` model, a SavedModel folder written by `export`, or a
@@ -133,6 +135,7 @@ def load_classifier(path, batch_size=128, num_threads=None):
       return model.predict(np.asarray(images, np.float32), batch_size)
 
     classify.op_resolver = model.op_resolver
+    classify.input_shape = model.input_shape
     return classify
   raise ExportError(f"{path}: expected a .keras file, a SavedModel folder or "
                     f"a .tflite file")
@@ -156,7 +159,7 @@ def _saved_model_classifier(path, batch_size):
 def _keras_fn(model):
   """model(x, training=False) as one traced function, for any batch size."""
   call = tf.function(lambda x: model(x, training=False), input_signature=[
-      tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
+      tf.TensorSpec((None,) + _image_shape(model), tf.float32)])
   return lambda images: call(tf.constant(images)).numpy()
 
 
@@ -172,10 +175,15 @@ def _batched(one_batch, batch_size):
 # Conversion.
 
 
+def _image_shape(model):
+  return tuple(int(d) for d in model.input_shape[1:])
+
+
 def _serving_function(model):
-  """The serving signature: float32 images [N, 32, 32, 3] -> {"logits"}."""
+  """The serving signature: float32 images [N, H, W, C] -> {"logits"}."""
   @tf.function(input_signature=[
-      tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32, name=INPUT_NAME)])
+      tf.TensorSpec((None,) + _image_shape(model), tf.float32,
+                    name=INPUT_NAME)])
   def serve(image):
     return {OUTPUT_NAME: model(image, training=False)}
   return serve
@@ -189,8 +197,7 @@ def _trackable(model, serve):
   read back from its checkpoint.
   """
   module = tf.Module()
-  module.kernels = {layer.name: layer.kernel
-                    for layer in rsr_layers.noisy_layers(model)}
+  module.kernels = pruning.kernels(model)
   kernel_ids = {id(v) for v in module.kernels.values()}
   module.other_variables = [v for v in model.variables
                             if id(v) not in kernel_ids]
@@ -411,7 +418,8 @@ def _saved_model_artifact(model, path, config, one_image):
           config.latency_runs),
       "signature": {"key": SIGNATURE_KEY, "input": INPUT_NAME,
                     "output": OUTPUT_NAME,
-                    "input_spec": ["N", *IMAGE_SHAPE, "float32 in [0, 1]"]},
+                    "input_spec": ["N", *_image_shape(model),
+                                   "float32 in [0, 1]"]},
   }
   return row, _saved_model_classifier(path, config.batch_size)
 
@@ -483,34 +491,74 @@ def _replace_dir(source, target):
   shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_model(model, path):
+def _check_model(model, name):
   shape = tuple(model.input_shape)
-  if shape[1:] != IMAGE_SHAPE:
-    raise ExportError(f"model {path} takes inputs of shape {list(shape)}; "
-                      f"export needs [N, {', '.join(map(str, IMAGE_SHAPE))}]")
+  if len(shape) != 4 or None in shape[1:]:
+    raise ExportError(f"model {name} takes inputs of shape {list(shape)}; "
+                      "export needs images of one fixed size [N, H, W, C]")
   if len(model.output_shape) != 2:
-    raise ExportError(f"model {path} outputs shape {list(model.output_shape)}; "
+    raise ExportError(f"model {name} outputs shape {list(model.output_shape)}; "
                       f"export needs logits [N, classes]")
+  try:
+    convert.require_logits(model, "export")
+  except convert.ModelError as e:
+    raise ExportError(str(e)) from None
 
 
-def _to_float(images):
-  return images.astype(np.float32) / 255.0
+def _to_float(images, what):
+  """uint8 pixels or float images in [0, 1] -> float32 in [0, 1]."""
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  images = images.astype(np.float32)
+  if images.size and (images.min() < 0 or images.max() > 1):
+    raise ExportError(f"{what} must be uint8 pixels or floats in [0, 1], got "
+                      f"values from {images.min():g} to {images.max():g}")
+  return images
 
 
-def export(model_path, output_dir, dataset, config, argv=None, log=None):
-  """Exports `model_path` to every format in `config`, verified.
+def _load(model):
+  """(model, its .keras path or None) from a model object or a path."""
+  if isinstance(model, (str, os.PathLike)):
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+      raise ExportError(f"model file {path} does not exist")
+    try:
+      return models.load(path), path
+    except ValueError as e:
+      raise ExportError(str(e)) from e
+  if not isinstance(model, tf_keras.Model):
+    raise ExportError(f"export needs a tf_keras model or a .keras path, got "
+                      f"{type(model).__name__}")
+  return model, None
+
+
+def export(model, output_dir, formats=None, representative_data=None,
+           validation_data=None, class_names=None, sparse=None, noise=None,
+           config=None, data_source=None, argv=None, log=None):
+  """Exports `model` to SavedModel and TFLite, each artifact verified.
 
   Everything is built and checked in a temporary folder beside `output_dir`.
   If every check passes, that folder replaces `output_dir` in one rename;
   otherwise `output_dir` is left as it was and the build, with its
-  `export.json`, goes to `<output_dir>.failed` for inspection.
+  `export.json`, goes to `<output_dir>.failed` for inspection. The input
+  shape and the class count are read from the model.
 
   Args:
-    model_path: a `.keras` model taking [N, 32, 32, 3] images in [0, 1].
+    model: a tf_keras model (saved as `model.keras` in the export too) or
+      the path of a `.keras` file; [0, 1] images in, logits out.
     output_dir: where the artifacts, `export.json` and `labels.txt` go.
-    dataset: an `rsr_tf.data.Dataset`; its training split is the int8
-      representative set and its test split the verification images.
-    config: an `ExportConfig`.
+    formats: a subset of `FORMATS` (default: the config's, all four).
+    representative_data: images [N, H, W, C], uint8 or float in [0, 1]: the
+      int8 calibration set (needed for "tflite_int8"), and the verification
+      images when `validation_data` is None.
+    validation_data: (images, labels) the artifacts are checked on. Without
+      it the representative images are labelled with the Keras model's own
+      predictions, so "accuracy" there is agreement with Keras.
+    class_names: names written to `labels.txt` (default "0", "1", ...).
+    sparse, noise: override the config's `sparse` and `noise`.
+    config: an `ExportConfig` for everything else.
+    data_source: where the data came from, for the report.
     argv: the command line recorded as provenance (default `sys.argv`).
     log: a function taking one line of progress (default: stderr).
 
@@ -519,37 +567,72 @@ def export(model_path, output_dir, dataset, config, argv=None, log=None):
     passed and "written_to" where the folder went.
 
   Raises:
-    ExportError: bad model, output folder or settings, or a failed
+    ExportError: bad model, data, output folder or settings, or a failed
       conversion; nothing is written then.
   """
-  config.validate()
+  config = config or ExportConfig()
+  overrides = {k: v for k, v in (("formats", formats), ("sparse", sparse),
+                                  ("noise", noise)) if v is not None}
+  if "formats" in overrides:
+    overrides["formats"] = tuple(dict.fromkeys(overrides["formats"]))
+  config = dataclasses.replace(config, **overrides).validate()
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
   _check_output_dir(output_dir)
-  if len(dataset.test) == 0 or len(dataset.train) == 0:
-    raise ExportError("export needs training images (int8 calibration) and "
-                      "test images (verification)")
-  try:
-    model = models.load(model_path)
-  except ValueError as e:
-    raise ExportError(str(e)) from e
-  _check_model(model, model_path)
-  if model.output_shape[-1] != dataset.num_classes:
-    raise ExportError(f"model {model_path} has {model.output_shape[-1]} "
-                      f"classes but the data ({dataset.source}) has "
-                      f"{dataset.num_classes}")
+  model, model_path = _load(model)
+  name = model_path or model.name
+  _check_model(model, name)
+  num_classes = int(model.output_shape[-1])
+  shape = _image_shape(model)
+  if representative_data is None and validation_data is None:
+    raise ExportError("export needs representative_data (int8 calibration) or "
+                      "validation_data (verification images)")
+  if representative_data is None and "tflite_int8" in config.formats:
+    raise ExportError("tflite_int8 needs representative_data: images to "
+                      "calibrate the int8 ranges on")
+  representative = (None if representative_data is None else
+                    _to_float(representative_data, "representative_data"))
+  if validation_data is not None:
+    images = _to_float(validation_data[0], "validation_data images")
+    labels = np.asarray(validation_data[1]).astype(np.int64)
+    labelled = "given labels"
+  else:
+    images, labels, labelled = representative, None, "Keras' predictions"
+  for what, batch in (("representative_data", representative),
+                      ("validation_data", images)):
+    if batch is not None and (batch.ndim != 4 or tuple(batch.shape[1:]) != shape
+                              or not len(batch)):
+      raise ExportError(f"{what} has shape {list(batch.shape)}; the model "
+                        f"takes [N, {', '.join(map(str, shape))}] with N >= 1")
+  if labels is not None and labels.size and labels.max() >= num_classes:
+    raise ExportError(f"model {name} has {num_classes} classes but the labels "
+                      f"go up to {labels.max()}")
+  class_names = (list(class_names) if class_names is not None
+                 else [str(i) for i in range(num_classes)])
+  if len(class_names) != num_classes:
+    raise ExportError(f"model {name} has {num_classes} classes but "
+                      f"{len(class_names)} class names were given")
   rsr_layers.set_noise_enabled(model, config.noise)
   noisy = config.noise and bool(rsr_layers.alphas(model))
-
-  images, labels = _to_float(dataset.test.images), dataset.test.labels
-  representative = _to_float(dataset.train.images)
+  if labels is None:
+    labels = np.argmax(_batched(_keras_fn(model), config.batch_size)(images), -1)
   one_image = images[:1]
 
   parent = os.path.dirname(os.path.abspath(output_dir))
   build = tempfile.mkdtemp(dir=parent,
                            prefix=f".{os.path.basename(output_dir)}.tmp-")
   try:
-    report = _build(model, model_path, dataset, config, noisy, images, labels,
+    if model_path is None:
+      model_path = os.path.join(build, MODEL_FILE)
+      model.save(model_path)
+    data = {"source": data_source or "arrays passed to rsr_tf.export",
+            "representative_examples": 0 if representative is None
+            else len(representative),
+            "eval_examples": len(labels), "labels": labelled,
+            "class_names": class_names}
+    report = _build(model, model_path, data, config, noisy, images, labels,
                     representative, one_image, build, argv, log)
+    if os.path.dirname(os.path.abspath(model_path)) == build:
+      report["keras"]["file"] = MODEL_FILE
     target = output_dir if report["passed"] else (
         output_dir.rstrip(os.sep) + ".failed")
     report["written_to"] = os.path.abspath(target)
@@ -561,7 +644,7 @@ def export(model_path, output_dir, dataset, config, argv=None, log=None):
     raise
 
 
-def _build(model, model_path, dataset, config, noisy, images, labels,
+def _build(model, model_path, data, config, noisy, images, labels,
            representative, one_image, build, argv, log):
   start = time.perf_counter()
   keras_fn = _batched(_keras_fn(model), config.batch_size)
@@ -633,7 +716,7 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
                   "TFLite file with the same noise setting"}
 
   with open(os.path.join(build, LABELS_NAME), "w") as f:
-    f.write("".join(f"{name}\n" for name in dataset.class_names))
+    f.write("".join(f"{name}\n" for name in data["class_names"]))
   if noisy:
     notes.append("noise on: TFLite files compute each noisy layer as "
                  "conv(x, w) + conv(x, noise), with the pruning mask stored "
@@ -659,11 +742,10 @@ def _build(model, model_path, dataset, config, noisy, images, labels,
       "model": {"path": os.path.abspath(model_path),
                 "sha256": outputs.sha256_of(model_path),
                 "noise_modes": sorted({layer.noise for layer in
-                                       rsr_layers.noisy_layers(model)})},
-      "data": {"source": dataset.source,
-               "representative_examples": len(representative),
-               "eval_examples": len(labels),
-               "class_names": list(dataset.class_names)},
+                                       rsr_layers.noisy_layers(model)}),
+                "input_shape": list(_image_shape(model)),
+                "num_classes": int(model.output_shape[-1])},
+      "data": data,
       "config": {**dataclasses.asdict(config),
                  "formats": list(config.formats)},
       "provenance": outputs.provenance(argv),
