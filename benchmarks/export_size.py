@@ -93,7 +93,7 @@ def main(argv):
   _cli.quiet_tensorflow_startup()
   logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel it writes
   from rsr_tf import data as data_lib  # noqa: E402
-  from rsr_tf import export as export_lib  # noqa: E402
+  from rsr_tf import exporter as export_lib  # noqa: E402
   from rsr_tf import layers as rsr_layers  # noqa: E402
   from rsr_tf import models  # noqa: E402
   from rsr_tf import outputs  # noqa: E402

@@ -121,8 +121,7 @@ def main(argv):
   b, k = FLAGS.batch, FLAGS.pgd_steps
   x = tf.random.uniform((b, 32, 32, 3))
   y = tf.random.uniform((b,), 0, 10, dtype=tf.int64)
-  attack = config_lib.AttackConfig(steps=k)
-  eps, step_size = attack.eps, attack.step_size
+  eps, step_size = 8 / 255, 2 / 255
 
   def ce(labels, logits):
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -151,12 +150,11 @@ def main(argv):
     return lambda: step(x, y).numpy()
 
   def rsr_step(pruned):
-    model = models.build(FLAGS.model, noise="channel",
-                         kernel_regularizer=regularizers.KernelPenalty(5e-6, 0, 3e-4))
+    model = models.build(FLAGS.model, noise="channel")
     if pruned:
-      sparsities = pruning.global_magnitude_sparsities(model, 0.85)
-      model = pruning.prune(model, pruning.constant_schedules(sparsities, 100))
-    trainer = training.RSRTrainer(model, attack, config_lib.LossConfig())
+      model = pruning.prune_global(model, 0.85)
+    trainer = training.RSRTrainer(model, eps=eps, step_size=step_size, steps=k,
+                                  lambda_l1=5e-6, weight_decay=3e-4)
     trainer.compile(optimizer=training.sgd(0.01, 0.9),
                     jit_compile=FLAGS.jit_compile)
     if pruned:  # what UpdatePruningStep.on_train_begin does

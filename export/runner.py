@@ -6,7 +6,8 @@ code. In Python:
   from runner import classify
   labels, probabilities = classify("model_int8.tflite", ["cat.jpg", "ship.png"])
 
-From a shell, with image files or a .npy batch (float32 [N, 32, 32, 3] in [0, 1]):
+From a shell, with image files or a .npy batch (float32 [N, H, W, C] in [0, 1],
+the model's own input shape):
 
   python runner.py model_int8.tflite cat.jpg ship.png
   python runner.py model_int8.tflite batch.npy --labels labels.txt
@@ -48,7 +49,7 @@ class Classifier:
 
   Raises:
     RunnerError: missing or corrupt file, or a model that does not take
-      float32 [N, H, W, 3] images.
+      float32 [N, H, W, C] images with C = 1 (grayscale) or 3 (RGB).
   """
 
   def __init__(self, model_path, num_threads=None):
@@ -71,10 +72,11 @@ class Classifier:
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
     signature = [int(d) for d in self._input["shape_signature"]]
-    if (len(signature) != 4 or signature[-1] != 3 or
+    if (len(signature) != 4 or signature[-1] not in (1, 3) or
         self._input["dtype"] != np.float32):
       raise RunnerError(f"{model_path} takes {np.dtype(self._input['dtype'])} "
-                        f"{signature}; expected float32 images [N, H, W, 3]")
+                        f"{signature}; expected float32 images [N, H, W, C] "
+                        "with C = 1 or 3")
     self.image_shape = tuple(signature[1:])
     self._batch = int(self._input["shape"][0])
 
@@ -117,9 +119,10 @@ def classify(model_path, images, num_threads=None):
 
   Args:
     model_path: a .tflite file from scripts/export.py.
-    images: a float32 array [N, 32, 32, 3] with values in [0, 1], a path to a
-      .npy file holding one, or a list of image file paths (any size, any
-      mode Pillow reads; converted to RGB and resized to the model's input).
+    images: a float32 array [N, H, W, C] (the model's input shape) with
+      values in [0, 1], a path to a .npy file holding one, or a list of
+      image file paths (any size, any mode Pillow reads; converted to RGB or
+      grayscale and resized to the model's input).
     num_threads: interpreter threads; None lets LiteRT choose.
 
   Returns:
@@ -190,14 +193,19 @@ def load_npy(path):
 
 
 def load_image(path, image_shape=(32, 32, 3)):
-  """One image file as float32 [H, W, 3] in [0, 1], resized if needed."""
-  height, width = image_shape[0], image_shape[1]
+  """One image file as float32 [H, W, C] in [0, 1], converted and resized.
+
+  C = 1 reads the image as grayscale (Pillow's "L": ITU-R 601 luminance),
+  C = 3 as RGB.
+  """
+  height, width, channels = image_shape
   try:
     with Image.open(path) as image:
-      image = image.convert("RGB")
+      image = image.convert("L" if channels == 1 else "RGB")
       if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
-      pixels = np.asarray(image, dtype=np.uint8)
+      pixels = np.asarray(image, dtype=np.uint8).reshape(height, width,
+                                                         channels)
   except (OSError, UnidentifiedImageError) as e:
     raise RunnerError(f"cannot read image {path}: {_first_line(e)}") from None
   return pixels.astype(np.float32) / 255.0
@@ -236,7 +244,7 @@ def main(argv=None):
   parser.add_argument("model", help="the .tflite file")
   parser.add_argument("inputs", nargs="+",
                       help="image files, or one .npy file holding float32 "
-                           "[N, 32, 32, 3] in [0, 1]")
+                           "[N, H, W, C] in [0, 1] (the model's input shape)")
   parser.add_argument("--labels", help="class names, one a line (default: "
                       f"{LABELS_FILE} beside the model, if there)")
   parser.add_argument("--num_threads", type=int, default=None)

@@ -46,6 +46,9 @@ def final_softmax(model):
   layer built with `activation="softmax"` (a Dense head, say), as the last
   layer of the model.
   """
+  if not (isinstance(model, keras.Sequential)
+          or getattr(model, "_is_graph_network", False)):
+    return None  # a subclassed model's output layer is not known
   if len(model.outputs) != 1:
     return None
   layer = model.outputs[0]._keras_history.layer  # pylint: disable=protected-access

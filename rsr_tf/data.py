@@ -356,12 +356,16 @@ def _decode_any(contents):
 
 def _to_channels(image, channels):
   """uint8 [H, W, C], C in 1..4 (2: gray + alpha, 4: RGBA), to `channels`."""
-  stored = tf.shape(image)[2]
   if channels == 3:
-    return tf.cond(stored < 3, lambda: tf.tile(image[:, :, :1], [1, 1, 3]),
-                   lambda: image[:, :, :3])
-  return tf.cond(stored < 3, lambda: image[:, :, :1],
-                 lambda: tf.image.rgb_to_grayscale(image[:, :, :3]))
+    gray, colour = (lambda: tf.tile(image[:, :, :1], [1, 1, 3]),
+                    lambda: image[:, :, :3])
+  else:
+    gray, colour = (lambda: image[:, :, :1],
+                    lambda: tf.image.rgb_to_grayscale(image[:, :, :3]))
+  static = image.shape[-1]
+  if static is not None:  # tfds declares it; tf.cond would trace both ways
+    return gray() if static < 3 else colour()
+  return tf.cond(tf.shape(image)[2] < 3, gray, colour)
 
 
 def _conform(image, image_size, channels, resize):

@@ -48,9 +48,12 @@ def from_keras(model, name=None, num_classes=None):
     ValueError: the model ends in a softmax (attacks need logits).
   """
   convert.require_logits(model, "evaluation")
+  try:
+    input_shape = tuple(int(d) for d in model.input_shape[1:])
+  except (AttributeError, TypeError):  # subclassed, or a free dimension
+    input_shape = ()
   return Classifier(name or model.name, attacks.inference_fn(model), True,
-                    num_classes or int(model.output_shape[-1]),
-                    tuple(int(d) for d in model.input_shape[1:]))
+                    num_classes or int(model.output_shape[-1]), input_shape)
 
 
 def _saved_model_fn(path):

@@ -1,5 +1,4 @@
-"""CIFAR ResNet-20, ResNet-18 and VGG-16 (BN) built from noisy layers, by name,
-and the user's own models (a saved file or a factory)."""
+"""Built-in networks by name (ResNet-20/18, VGG-16-BN) and the user's own models."""
 
 import warnings
 

@@ -63,6 +63,13 @@ def define_data_flags(train_limit=0, eval_limit=0, training=True, augment=True):
   flags.DEFINE_bool("skip_bad_images", False, "--image_folder: leave out files "
                     "that do not decode (counted) instead of stopping at the "
                     "first, named.")
+  flags.DEFINE_list("image_size", None, "H,W: resize every image to this size. "
+                    "Without it the images keep their size (an image folder's "
+                    "must all share one).")
+  flags.DEFINE_enum("channels", None, ["1", "3"], "Channels of the images the "
+                    "model sees: 3 converts grayscale to RGB, 1 converts colour "
+                    "to luminance. Default: the data's own (tfds declares it; "
+                    "image folders and the embedded sample are RGB).")
   if training:
     flags.DEFINE_integer("train_limit", train_limit, "First N training "
                          "examples, class-balanced (0: all).", lower_bound=0)
@@ -81,7 +88,19 @@ def data_config_from_flags():
   """
   FLAGS = flags.FLAGS
   train_limit = FLAGS.train_limit if "train_limit" in FLAGS else FLAGS.batch_size
+  image_size = None
+  if FLAGS.image_size:
+    try:
+      image_size = tuple(int(d) for d in FLAGS.image_size)
+    except ValueError:
+      raise config_lib.ConfigError(
+          f"--image_size must be H,W integers, got {','.join(FLAGS.image_size)}")
+    if len(image_size) != 2:
+      raise config_lib.ConfigError(
+          f"--image_size must be H,W, got {','.join(FLAGS.image_size)}")
   return config_lib.DataConfig(
+      image_size=image_size,
+      channels=int(FLAGS.channels) if FLAGS.channels else None,
       dataset=FLAGS.dataset, image_folder=FLAGS.image_folder,
       embedded_sample=FLAGS.embedded_sample, data_dir=FLAGS.data_dir,
       train_limit=train_limit, eval_limit=FLAGS.eval_limit,
@@ -100,3 +119,17 @@ def check_output_dir(directory):
     outputs.check_writable(directory)
   except OSError as e:
     fail(str(e))
+
+
+def shaped_like(data_config, input_shape):
+  """`data_config` with the model's image size and channels where unset.
+
+  Evaluation and export read the data the model was made for: images of
+  another size are resized to its input, and the channels converted, unless
+  --image_size or --channels say otherwise.
+  """
+  import dataclasses  # noqa: E402
+  height, width, channels = (int(d) for d in input_shape)
+  return dataclasses.replace(
+      data_config, image_size=data_config.image_size or (height, width),
+      channels=data_config.channels or channels)

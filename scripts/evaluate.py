@@ -155,7 +155,7 @@ def main(argv):
     target = evaluation.load_classifier(FLAGS.model)
     source = (evaluation.load_classifier(FLAGS.source_model)
               if FLAGS.source_model else None)
-    data = data_lib.load(data_config)
+    data = data_lib.load(_cli.shaped_like(data_config, target.input_shape))
   except (ValueError, data_lib.DataError) as e:
     _cli.fail(str(e))
   x = data.test.images.astype("float32") / 255.0

@@ -98,7 +98,7 @@ def main(argv):
   # tf.saved_model.save logs every asset and fingerprint it writes at INFO.
   absl_logging.set_verbosity(absl_logging.WARNING)
   from rsr_tf import data as data_lib  # noqa: E402
-  from rsr_tf import export as export_lib  # noqa: E402
+  from rsr_tf import exporter as export_lib  # noqa: E402
   config = export_lib.ExportConfig(
       formats=tuple(dict.fromkeys(FLAGS.formats)), sparse=FLAGS.sparse,
       noise=FLAGS.noise == "on", noise_draws=FLAGS.noise_draws,
@@ -107,9 +107,17 @@ def main(argv):
       min_agreement=FLAGS.min_agreement)
   try:
     config.validate()
+    from rsr_tf import models  # noqa: E402
+    data_config = _cli.shaped_like(data_config,
+                                   models.load(FLAGS.model).input_shape[1:])
     dataset = data_lib.load(data_config)
-    report = export_lib.export(FLAGS.model, FLAGS.output_dir, dataset, config)
-  except (data_lib.DataError, export_lib.ExportError) as e:
+    report = export_lib.export(
+        FLAGS.model, FLAGS.output_dir,
+        representative_data=dataset.train.images,
+        validation_data=(dataset.test.images, dataset.test.labels),
+        class_names=dataset.class_names, config=config,
+        data_source=dataset.source)
+  except (data_lib.DataError, export_lib.ExportError, ValueError) as e:
     _cli.fail(str(e))
   print(export_lib.format_table(report))
   if not report["passed"]:

@@ -1,10 +1,14 @@
-"""Train a robust, sparse CIFAR model with RSR: PNI-W + PGD training + lasso + pruning.
+"""Train a robust, sparse model with RSR: PNI-W + PGD training + lasso + pruning.
 
 Example (the paper's recipe at CPU scale):
   python scripts/train.py --model=resnet20 --noise=channel \
     --image_folder=/tmp/cifar10 --train_limit=2000 --eval_limit=500 --epochs=2 \
     --target_sparsity=0.85 --prune_schedule=oneshot --finetune_epochs=1 \
     --output_dir=/tmp/run
+
+Your own model and images (a factory on PYTHONPATH, 40x40 grayscale folders):
+  PYTHONPATH=. python scripts/train.py --model=my_models:small_cnn \
+    --image_folder=/data/mine --channels=1 --epochs=10 --output_dir=/tmp/mine
 
 eps flags are in 1/255 units of [0, 1] images.
 """
@@ -30,10 +34,17 @@ def define_flags():
   _cli.define_data_flags()
   flags.adopt_module_key_flags(_cli)  # data flags show in --helpshort too
   # Model.
-  flags.DEFINE_enum("model", "resnet20", list(config_lib.MODEL_NAMES), "Network.")
+  flags.DEFINE_string("model", "resnet20", "Network: a built-in ("
+                      f"{', '.join(config_lib.MODEL_NAMES)}), a saved "
+                      "PATH.keras (untrained or pretrained), or "
+                      "package.module:function, a factory called with "
+                      "input_shape=(H, W, C) and num_classes=N. Your own model "
+                      "takes [0, 1] images and outputs logits (a final softmax "
+                      "is dropped).")
   flags.DEFINE_enum("noise", "channel", list(config_lib.NOISE_MODES),
                     "PNI-W noise mode: one alpha per output channel, per layer, "
-                    "per weight, or no noise.")
+                    "per weight, or no noise. Your own model gets it through "
+                    "rsr_tf.add_weight_noise; none trains it as it is.")
   flags.DEFINE_float("alpha_init", 0.25, "Initial noise scale alpha.",
                      lower_bound=0)
   # Adversarial training.

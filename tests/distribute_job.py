@@ -91,15 +91,15 @@ def train(strategy, noisy):
   images, labels = _images()
   dataset = data_lib.train_pipeline(data_lib.Split(images, labels),
                                     GLOBAL_BATCH, seed=0, augment=True)
-  penalty = regularizers.KernelPenalty(lambda_l1=1e-2, weight_decay=1e-3)
   with strategy.scope():
-    model = _tiny_model("channel" if noisy else "none", penalty)
+    model = _tiny_model("channel" if noisy else "none", None)
     _seeded_kernels(model)
     model = pruning.prune(model, pruning.polynomial_schedule(
         TARGET_SPARSITY, 0, PRUNE_END_CALL, 2))
-    attack = config_lib.AttackConfig(eps=8 / 255, step_size=4 / 255, steps=2,
-                                     rand_init=noisy)
-    trainer = training.RSRTrainer(model, attack, config_lib.LossConfig())
+    # The trainer's own penalty: each replica computes it in full.
+    trainer = training.RSRTrainer(model, eps=8 / 255, step_size=4 / 255,
+                                  steps=2, rand_init=noisy, lambda_l1=1e-2,
+                                  weight_decay=1e-3)
     trainer.compile(optimizer=training.sgd(0.05, 0.9))
   history = trainer.fit(dataset, epochs=EPOCHS, verbose=0,
                         callbacks=pruning.callbacks()).history

@@ -62,14 +62,16 @@ def _write_image(path, color, size=(32, 32)):
   Image.fromarray(pixels).save(path)
 
 
-def _make_folder(root, classes=("cat", "dog", "emu"), train=4, test=2):
+def _make_folder(root, classes=("cat", "dog", "emu"), train=4, test=2,
+                 odd_size=None):
   for split, count in (("train", train), ("test", test)):
     for label, name in enumerate(classes):
       class_dir = root / split / name
       class_dir.mkdir(parents=True)
       for index in range(count):
-        # One image of another size, to exercise the resize path.
-        size = (40, 36) if (split, label, index) == ("train", 1, 2) else (32, 32)
+        # Optionally one image of another size, for the resize path.
+        size = (odd_size if odd_size and (split, label, index) == ("train", 1, 2)
+                else (32, 32))
         # Upper-case extensions count as images too.
         ext = ".PNG" if index == 3 else ".png"
         _write_image(class_dir / f"{index:03d}{ext}", _color(label, index),
@@ -79,8 +81,8 @@ def _make_folder(root, classes=("cat", "dog", "emu"), train=4, test=2):
 
 
 def test_load_image_folder(tmp_path):
-  root = _make_folder(tmp_path)
-  ds = data.load_image_folder(str(root))
+  root = _make_folder(tmp_path, odd_size=(40, 36))
+  ds = data.load_image_folder(str(root), image_size=(32, 32))
   assert ds.class_names == ("cat", "dog", "emu")
   assert ds.num_classes == 3
   assert ds.source == f"image_folder:{root}"
@@ -95,6 +97,27 @@ def test_load_image_folder(tmp_path):
     expected = np.broadcast_to(np.array(_color(label, i % 4), np.uint8),
                                (32, 32, 3))
     np.testing.assert_array_equal(ds.train.images[i], expected)
+
+
+def test_an_image_of_another_size_is_named_unless_resizing(tmp_path):
+  root = _make_folder(tmp_path, odd_size=(40, 36))
+  with pytest.raises(data.DataError) as info:
+    data.load_image_folder(str(root))
+  message = str(info.value)
+  assert "dog/002.png is 36x40" in message and "--image_size" in message
+  assert "\n" not in message
+
+
+@pytest.mark.parametrize("size,channels", [((40, 24), 3), ((16, 16), 1)])
+def test_load_image_folder_any_size_and_channels(tmp_path, size, channels):
+  root = _make_folder(tmp_path)
+  ds = data.load_image_folder(str(root), image_size=size, channels=channels)
+  assert ds.train.images.shape == (12, *size, channels)
+  assert ds.image_shape == (*size, channels)
+  mean, std = data.channel_stats(ds.train.images)
+  assert mean.shape == (channels,) and std.shape == (channels,)
+  batch, _ = next(iter(data.train_pipeline(ds.train, 4, seed=0)))
+  assert batch.shape == (4, *size, channels)
 
 
 def test_load_image_folder_limit_is_balanced_and_applied_before_decoding(
@@ -183,11 +206,26 @@ def test_load_tfds_mocked(tmp_path, host_checks):
   assert counts.max() - counts[counts > 0].min() <= 1
 
 
-def test_load_tfds_converts_grayscale_28x28(tmp_path, host_checks):
+@pytest.mark.parametrize("name,shape,classes", [
+    ("mnist", (28, 28, 1), 10), ("fashion_mnist", (28, 28, 1), 10),
+    ("cifar100", (32, 32, 3), 100), ("svhn_cropped", (32, 32, 3), 10)])
+def test_load_tfds_keeps_the_datasets_own_shape(tmp_path, host_checks, name,
+                                                shape, classes):
   del host_checks
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=5):
-    ds = data.load_tfds("mnist", data_dir=str(tmp_path))
+    ds = data.load_tfds(name, data_dir=str(tmp_path))
+  assert ds.train.images.shape == (5, *shape)
+  assert ds.num_classes == classes
+  assert ds.source == f"tfds:{name}"
+
+
+def test_load_tfds_converts_grayscale_28x28_when_asked(tmp_path, host_checks):
+  del host_checks
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=5):
+    ds = data.load_tfds("mnist", data_dir=str(tmp_path), image_size=(32, 32),
+                        channels=3)
   assert ds.train.images.shape == (5, 32, 32, 3)
   assert ds.train.images.dtype == np.uint8
   images = ds.train.images.astype(int)
@@ -263,7 +301,10 @@ def test_load_dispatches_on_config(tmp_path):
 
 def test_split_rejects_wrong_shape():
   with pytest.raises(ValueError, match="uint8"):
-    data.Split(images=np.zeros((2, 28, 28, 3), np.uint8),
+    data.Split(images=np.zeros((2, 28, 28), np.uint8),
+               labels=np.zeros(2, np.int64))
+  with pytest.raises(ValueError, match="uint8"):
+    data.Split(images=np.zeros((2, 28, 28, 1), np.float32),
                labels=np.zeros(2, np.int64))
 
 

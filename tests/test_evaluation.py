@@ -24,8 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _trained(noise="none", epochs=12):
   images, labels = colour_data(192)
   model = tiny_model(noise=noise)
-  trainer = training.RSRTrainer(model, config_lib.AttackConfig(),
-                                config_lib.LossConfig(), adversarial_active=False)
+  trainer = training.RSRTrainer(model, adversarial=False)
   trainer.compile(optimizer=training.sgd(0.05, 0.9))
   trainer.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(32),
               epochs=epochs, verbose=0)

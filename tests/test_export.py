@@ -11,7 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import export_helpers
-from rsr_tf import export as export_lib
+from rsr_tf import exporter as export_lib
 from rsr_tf import outputs
 from rsr_tf import layers as rsr_layers
 from rsr_tf import litert
@@ -24,6 +24,13 @@ SCRIPT = os.path.join(ROOT, "scripts", "export.py")
 def _config(**kwargs):
   return export_lib.ExportConfig(**{"noise_draws": 3, "latency_runs": 3,
                                     **kwargs})
+
+
+def _data(dataset):
+  """An rsr_tf.data.Dataset as export's keyword arguments."""
+  return {"representative_data": dataset.train.images,
+          "validation_data": (dataset.test.images, dataset.test.labels),
+          "class_names": dataset.class_names, "data_source": dataset.source}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +49,8 @@ def dataset():
 @pytest.fixture(scope="module")
 def noise_off(model_path, dataset, tmp_path_factory):
   out = tmp_path_factory.mktemp("off") / "export"
-  report = export_lib.export(model_path, str(out), dataset,
-                             _config(sparse=True, noise=False),
+  report = export_lib.export(model_path, str(out), **_data(dataset),
+                             config=_config(sparse=True, noise=False),
                              argv=["export.py", "--noise=off"])
   return out, report
 
@@ -51,8 +58,8 @@ def noise_off(model_path, dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def noise_on(model_path, dataset, tmp_path_factory):
   out = tmp_path_factory.mktemp("on") / "export"
-  report = export_lib.export(model_path, str(out), dataset,
-                             _config(sparse=True, noise=True),
+  report = export_lib.export(model_path, str(out), **_data(dataset),
+                             config=_config(sparse=True, noise=True),
                              argv=["export.py"])
   return out, report
 
@@ -154,8 +161,8 @@ def test_a_failed_check_leaves_the_output_dir_untouched(model_path, dataset,
   real_predict = litert.Model.predict
   monkeypatch.setattr(litert.Model, "predict",
                       lambda self, x, b=128: real_predict(self, x, b) + 1.0)
-  report = export_lib.export(model_path, str(out), dataset,
-                             _config(formats=("tflite_float",), noise=False))
+  report = export_lib.export(model_path, str(out), **_data(dataset),
+                             config=_config(formats=("tflite_float",), noise=False))
   assert not report["passed"]
   assert [c["check"] for c in report["failed_checks"]] == ["max |logit diff|"]
   assert os.listdir(out) == [export_lib.REPORT_NAME]
@@ -172,16 +179,17 @@ def test_refuses_to_replace_a_folder_that_is_not_an_export(model_path, dataset,
   out.mkdir()
   (out / "notes.txt").write_text("keep me")
   with pytest.raises(export_lib.ExportError, match="refusing to replace"):
-    export_lib.export(model_path, str(out), dataset, _config())
+    export_lib.export(model_path, str(out), **_data(dataset), config=_config())
   assert os.listdir(out) == ["notes.txt"]
 
 
-def test_rejects_a_model_without_32x32_inputs(dataset, tmp_path):
+def test_rejects_data_of_another_shape_than_the_model(dataset, tmp_path):
   path = export_helpers.save(
       keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                         keras.layers.Dense(3)]), tmp_path / "small.keras")
-  with pytest.raises(export_lib.ExportError, match=r"\[N, 32, 32, 3\]"):
-    export_lib.export(path, str(tmp_path / "out"), dataset, _config())
+  with pytest.raises(export_lib.ExportError, match=r"validation_data has shape "
+                     r"\[96, 32, 32, 3\]; the model takes \[N, 8, 8, 3\]"):
+    export_lib.export(path, str(tmp_path / "out"), **_data(dataset), config=_config())
 
 
 def test_bad_settings_name_the_flag():
@@ -263,16 +271,16 @@ def test_rejects_data_with_another_number_of_classes(model_path, tmp_path):
   ten = ten.__class__(train=ten.train, test=ten.test,
                       class_names=tuple(map(str, range(10))), source="ten")
   with pytest.raises(export_lib.ExportError, match="3 classes"):
-    export_lib.export(model_path, str(tmp_path / "out"), ten, _config())
+    export_lib.export(model_path, str(tmp_path / "out"), **_data(ten), config=_config())
 
 
 def test_a_passing_export_replaces_an_earlier_one(model_path, dataset,
                                                   tmp_path):
   out = tmp_path / "export"
   config = _config(formats=("tflite_float",), noise=False)
-  first = export_lib.export(model_path, str(out), dataset, config)
+  first = export_lib.export(model_path, str(out), **_data(dataset), config=config)
   (out / "stale.txt").write_text("from the first export")
-  second = export_lib.export(model_path, str(out), dataset, config)
+  second = export_lib.export(model_path, str(out), **_data(dataset), config=config)
   assert first["passed"] and second["passed"]
   assert sorted(os.listdir(out)) == ["export.json", "labels.txt",
                                      "model_float.tflite"]

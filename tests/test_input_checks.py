@@ -49,10 +49,10 @@ def _folder(root, classes=("a", "b")):
 
 
 # ---------------------------------------------------------------------------
-# Images that are not 32x32 RGB: converted, and counted in the log.
+# Images of other modes and sizes: converted as asked, and counted in the log.
 
 
-def test_images_that_are_not_32x32_rgb_are_converted_and_counted(tmp_path, capsys):
+def test_images_are_converted_to_rgb_and_resized_when_asked(tmp_path, capsys):
   root = _folder(tmp_path)
   train_a = root / "train" / "a"
   _save(train_a / "gray.png", np.full((32, 32), 77), "L")
@@ -62,7 +62,12 @@ def test_images_that_are_not_32x32_rgb_are_converted_and_counted(tmp_path, capsy
       np.array([10, 20, 30, 0], np.uint8), (32, 32, 4)), "RGBA")
   _save(root / "train" / "b" / "large.png", _rgb((96, 64), (5, 6, 7)), "RGB")
 
-  dataset = data.load_image_folder(str(root))
+  with pytest.raises(data.DataError, match="large.png is 96x64 but .* is 32x32"
+                     ".*--image_size") as info:
+    data.load_image_folder(str(root))
+  assert "\n" not in str(info.value)
+  capsys.readouterr()
+  dataset = data.load_image_folder(str(root), image_size=(32, 32))
   images = {name: image for name, image in zip(
       ["gray", "gray_alpha", "plain_a", "rgba", "large", "plain_b"],
       dataset.train.images[np.argsort(dataset.train.labels, kind="stable")])}
@@ -72,8 +77,8 @@ def test_images_that_are_not_32x32_rgb_are_converted_and_counted(tmp_path, capsy
   assert np.all(images["rgba"] == [10, 20, 30]), "alpha dropped"
   assert np.all(images["large"] == [5, 6, 7]), "resized to 32x32"
   err = capsys.readouterr().err
-  assert "4 not 32x32 RGB, converted" in err
-  assert err.count("converted") == 1, "the test split needed nothing"
+  assert "4 converted to 32x32x3" in err
+  assert err.count(" converted to ") == 1, "the test split needed nothing"
 
 
 # ---------------------------------------------------------------------------
@@ -142,10 +147,27 @@ def test_safe_mode_refuses_a_lambda_layer(model_files):
     models.load(model_files["lambda"])
 
 
+def test_evaluation_takes_a_28x28_grayscale_model(model_files):
+  classifier = evaluation.load_classifier(model_files["mnist"])
+  assert classifier.input_shape == (28, 28, 1)
+
+
+def test_images_are_converted_to_grayscale(tmp_path):
+  root = _folder(tmp_path)
+  _save(root / "train" / "a" / "colour.png", _rgb((32, 32), (200, 100, 50)),
+        "RGB")
+  dataset = data.load_image_folder(str(root), channels=1)
+  assert dataset.train.images.shape[1:] == (32, 32, 1)
+  colour = dataset.train.images[list(dataset.train.labels).index(0)]
+  # ITU-R 601 luminance, as tf.image.rgb_to_grayscale and Pillow's "L".
+  assert np.all(np.abs(colour.astype(int) - round(
+      0.2989 * 200 + 0.587 * 100 + 0.114 * 50)) <= 1)
+
+
 @pytest.mark.parametrize("kind,expected", [
     ("lambda", "refused by Keras safe mode"),
-    ("mnist", "is not a CIFAR classifier: it maps (None, 28, 28, 1)"),
-    ("feature_map", "is not a CIFAR classifier"),
+    ("feature_map", "is not an image classifier: it maps (None, 32, 32, 3) "
+     "to (None, 30, 30, 4)"),
     ("h5", "unknown model format"),
     ("text", "is not a Keras model file"),
     ("tflite", "cannot load TFLite model"),

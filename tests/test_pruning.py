@@ -15,9 +15,7 @@ from rsr_tf import training
 def _fit(model, epochs=1, adversarial=True):
   images, labels = colour_data(64)
   ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
-  trainer = training.RSRTrainer(
-      model, config_lib.AttackConfig(steps=2), config_lib.LossConfig(),
-      adversarial_active=adversarial)
+  trainer = training.RSRTrainer(model, steps=2, adversarial=adversarial)
   trainer.compile(optimizer=training.sgd(0.01, 0.9))
   trainer.fit(ds, epochs=epochs, verbose=0, callbacks=pruning.callbacks())
   return trainer

@@ -12,7 +12,7 @@ from PIL import Image
 
 import export_helpers
 from export import runner
-from rsr_tf import export as export_lib
+from rsr_tf import exporter as export_lib
 from rsr_tf import layers as rsr_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

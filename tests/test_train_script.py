@@ -32,6 +32,9 @@ def _error_lines(result):
     (["--prune_schedule=none", "--finetune_epochs=2"], "--finetune_epochs"),
     (["--embedded_sample", "--image_folder=/tmp"], "two data sources"),
     (["--lr_milestones=half"], "--lr_milestones"),
+    (["--model=missing.keras"], "--model 'missing.keras' does not exist"),
+    (["--image_size=32"], "--image_size must be H,W"),
+    (["--channels=2"], "--channels"),
     (["--batch_size=64", "--train_limit=10"], "smaller than one batch"),
 ])
 def test_bad_flags_give_one_clear_line(args, expected, tmp_path):
@@ -171,3 +174,48 @@ def test_init_from_prunes_another_runs_phase_one_without_retraining(tmp_path):
                f"--output_dir={tmp_path / 'c'}", timeout=120)
   assert other.returncode != 0
   assert "trained with other settings" in other.stderr.strip().splitlines()[-1]
+
+
+def _gray_folder(root, classes=3, size=40, train=12, test=6):
+  """A 40x40 grayscale image folder: class c is bright in band c."""
+  import numpy as np  # noqa: E402
+  from PIL import Image  # noqa: E402
+  rng = np.random.default_rng(0)
+  for split, count in (("train", train), ("test", test)):
+    for c in range(classes):
+      folder = root / split / f"class{c}"
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 90, (size, size))
+        pixels[c * size // classes:(c + 1) * size // classes] += 150
+        Image.fromarray(pixels.astype(np.uint8), "L").save(folder / f"{i}.png")
+  return root
+
+
+def test_a_factory_model_trains_on_a_40x40_grayscale_folder(tmp_path):
+  data = _gray_folder(tmp_path / "data")
+  out = tmp_path / "run"
+  env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
+  result = subprocess.run(
+      [sys.executable, SCRIPT, "--model=user_models:small_cnn",
+       f"--image_folder={data}", "--channels=1", "--batch_size=12",
+       "--epochs=2", "--adv_delay_epochs=1", "--finetune_epochs=1",
+       "--pgd_steps=2", "--target_sparsity=0.5", "--eval_noise_draws=2",
+       f"--output_dir={out}"], capture_output=True, text=True, timeout=300,
+      cwd=ROOT, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["model"] == {"spec": "user_models:small_cnn",
+                              "input_shape": [40, 40, 1], "num_classes": 3}
+  assert metrics["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
+  assert metrics["mean_alpha"] is not None, "--noise=channel made it noisy"
+  assert set(metrics["training_images_per_second"]) == {"train", "finetune"}
+  # A factory that does not fit the data is refused in one line.
+  bad = subprocess.run(
+      [sys.executable, SCRIPT, "--model=user_models:no_such_factory",
+       f"--image_folder={data}", f"--output_dir={tmp_path / 'bad'}"],
+      capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+  assert bad.returncode != 0
+  assert _error_lines(bad) == [line for line in bad.stderr.splitlines()
+                               if "no_such_factory" in line]

@@ -17,10 +17,13 @@ def _dataset(n=96, batch=32):
   return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
 
 
-def _trainer(model, adversarial=True, **loss):
-  trainer = training.RSRTrainer(model, config_lib.AttackConfig(steps=3),
-                                config_lib.LossConfig(**loss),
-                                adversarial_active=adversarial)
+def _trainer(model, adversarial=True, **penalty):
+  # The tests' models carry their penalty as a kernel_regularizer (the
+  # user's own regularizer, which the trainer keeps), so none is added here
+  # unless asked.
+  penalty = {"lambda_l1": 0.0, "weight_decay": 0.0, **penalty}
+  trainer = training.RSRTrainer(model, steps=3, adversarial=adversarial,
+                                **penalty)
   trainer.compile(optimizer=training.sgd(0.05, 0.9))
   return trainer
 
@@ -63,7 +66,8 @@ def test_clean_only_training_makes_no_adversarial_examples():
 
 
 def test_adversarial_start_callback_switches_on_at_its_epoch():
-  trainer = _trainer(tiny_model(), adversarial=False)
+  trainer = _trainer(tiny_model())
+  trainer.adversarial_active = False
   logs = trainer.fit(_dataset(), epochs=2, verbose=0,
                      callbacks=[training.AdversarialStart(1)]).history
   assert logs["adv_loss"][0] == 0.0 and logs["adv_loss"][1] > 0.0
