@@ -112,7 +112,7 @@ def main(argv):
   _cli.quiet_tensorflow_startup()
   import tensorflow as tf  # noqa: E402
   import tf_keras as keras  # noqa: E402
-  from rsr_tf import attacks, data, models, outputs, pruning, regularizers  # noqa: E402
+  from rsr_tf import attacks, data, models, outputs, pruning  # noqa: E402
   from rsr_tf import training  # noqa: E402
 
   keras.utils.set_random_seed(0)

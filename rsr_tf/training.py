@@ -1,6 +1,7 @@
 """The RSR trainer: a `train_step` with PGD, weight noise, lasso and pruning."""
 
 import math
+import numbers
 import time
 
 import rsr_tf  # noqa: F401
@@ -119,8 +120,8 @@ class RSRTrainer(keras.Model):
     _check_argument(0 <= eps <= 1, "eps", "in [0, 1] (pixel units)", eps)
     _check_argument(0 <= step_size <= eps, "step_size", f"in [0, eps={eps}]",
                     step_size)
-    _check_argument(isinstance(steps, int) and steps >= 0, "steps",
-                    "an int >= 0", steps)
+    _check_argument(isinstance(steps, numbers.Integral) and steps >= 0,
+                    "steps", "an int >= 0", steps)
     for name, value in (("clean_weight", clean_weight),
                         ("adv_weight", adv_weight)):
       _check_argument(value >= 0, name, ">= 0", value)

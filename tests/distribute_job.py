@@ -81,10 +81,8 @@ def _seeded_kernels(model):
 
 def train(strategy, noisy):
   import tf_keras as keras
-  from rsr_tf import config as config_lib
   from rsr_tf import data as data_lib
   from rsr_tf import pruning
-  from rsr_tf import regularizers
   from rsr_tf import training
 
   keras.utils.set_random_seed(0)

@@ -187,7 +187,7 @@ def test_rejects_data_of_another_shape_than_the_model(dataset, tmp_path):
   path = export_helpers.save(
       keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                         keras.layers.Dense(3)]), tmp_path / "small.keras")
-  with pytest.raises(export_lib.ExportError, match=r"validation_data has shape "
+  with pytest.raises(export_lib.ExportError, match=r"representative_data has shape "
                      r"\[96, 32, 32, 3\]; the model takes \[N, 8, 8, 3\]"):
     export_lib.export(path, str(tmp_path / "out"), **_data(dataset), config=_config())
 
