@@ -2,7 +2,8 @@
 
 Run as `python tests/golden_run.py OUT.npz`. The golden file beside the tests
 was written by this script at commit 3b1b81d, before the scripts became thin
-clients of `rsr_tf.train_rsr`; `test_golden.py` runs it again and compares.
+clients of `rsr_tf.train_rsr`; `test_api.py` runs it again and compares bit for
+bit.
 """
 
 import os

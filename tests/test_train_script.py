@@ -11,9 +11,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 
 
+# A small model of the user's own (tests/user_models.py): runs whose subject
+# is the run itself (resume, --init_from, schedules, errors) train it rather
+# than a ResNet, which takes several times longer to trace.
+SMALL = "--model=user_models:small_cnn"
+ENV = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
+
+
 def _run(*args, timeout=60):
   return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
+                        text=True, timeout=timeout, cwd=ROOT, env=ENV)
 
 
 def _error_lines(result):
@@ -86,7 +93,7 @@ def test_tiny_end_to_end_run_writes_measured_outputs(tmp_path):
 
 def test_polynomial_schedule_reaches_its_target_through_the_script(tmp_path):
   out = tmp_path / "poly"
-  result = _run("--embedded_sample", "--train_limit=128", "--eval_limit=32",
+  result = _run(SMALL, "--embedded_sample", "--train_limit=128", "--eval_limit=32",
                 "--batch_size=64", "--epochs=2", "--prune_schedule=polynomial",
                 "--finetune_epochs=0", "--target_sparsity=0.5", "--pgd_steps=1",
                 "--eps_step=8", "--eval_noise_draws=1", "--noaugment",
@@ -140,7 +147,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_a_diverging_run_exits_with_one_line_naming_the_term(tmp_path):
-  result = _run("--embedded_sample", "--train_limit=128", "--eval_limit=32",
+  result = _run(SMALL, "--embedded_sample", "--train_limit=128", "--eval_limit=32",
                 "--batch_size=64", "--epochs=1", "--prune_schedule=none",
                 "--pgd_steps=1", "--eps_step=8", "--lr=1e30",
                 f"--output_dir={tmp_path / 'nan'}", timeout=300)
@@ -152,7 +159,7 @@ def test_a_diverging_run_exits_with_one_line_naming_the_term(tmp_path):
 
 
 def test_init_from_prunes_another_runs_phase_one_without_retraining(tmp_path):
-  tiny = ["--embedded_sample", "--train_limit=128", "--eval_limit=32",
+  tiny = [SMALL, "--embedded_sample", "--train_limit=128", "--eval_limit=32",
           "--batch_size=64", "--epochs=1", "--finetune_epochs=1",
           "--pgd_steps=1", "--eps_step=8", "--eval_noise_draws=1"]
   first = _run(*tiny, "--target_sparsity=0.5", f"--output_dir={tmp_path / 'a'}",
@@ -164,7 +171,9 @@ def test_init_from_prunes_another_runs_phase_one_without_retraining(tmp_path):
   assert "phase 1: 1 epochs restored from" in sweep.stderr
   assert "Epoch 1/1" not in sweep.stdout + sweep.stderr  # phase 1 not rerun
   metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
-  assert abs(metrics["sparsity"]["overall"] - 0.8) < 1e-3
+  # After one epoch the global threshold takes all but one weight of two
+  # small layers (a layer keeps at least one), so 459 of 576 go, not 461.
+  assert abs(metrics["sparsity"]["overall"] - 0.8) < 0.005
   first_history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
   # Phase 1's epoch is the first run's; fine-tuning adds one of its own.
   assert metrics["history"]["clean_accuracy"][0] == first_history["clean_accuracy"][0]
@@ -195,7 +204,7 @@ def _gray_folder(root, classes=3, size=40, train=12, test=6):
 def test_a_factory_model_trains_on_a_40x40_grayscale_folder(tmp_path):
   data = _gray_folder(tmp_path / "data")
   out = tmp_path / "run"
-  env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
+  env = ENV
   result = subprocess.run(
       [sys.executable, SCRIPT, "--model=user_models:small_cnn",
        f"--image_folder={data}", "--channels=1", "--batch_size=12",
