@@ -195,6 +195,8 @@ class PruneConfig:
   begin_epoch: int = 0
   end_epoch: int = 0
   frequency: int = 100  # mask updates, in training forward passes
+  # PNI-W's sigma after pruning: std over "all" kernel weights or the "kept".
+  noise_std: str = "all"
 
   def validate(self, epochs):
     _require(self.schedule in PRUNE_SCHEDULES,
@@ -204,6 +206,8 @@ class PruneConfig:
              f"--target_sparsity must be in [0, 1), got {self.target_sparsity}")
     _require(self.frequency >= 1,
              f"--prune_frequency must be >= 1, got {self.frequency}")
+    _require(self.noise_std in ("all", "kept"),
+             f"--noise_std must be all or kept, got {self.noise_std!r}")
     if self.schedule == "polynomial":
       end = self.end_epoch or epochs
       _require(0 <= self.begin_epoch < end <= epochs,
@@ -286,6 +290,9 @@ class TrainConfig:
     mine = json.loads(self.to_json())
     if "init_from" not in saved and not self.init_from:
       del mine["init_from"]  # written before the field existed
+    if ("noise_std" not in saved.get("prune", {})
+        and mine["prune"]["noise_std"] == "all"):
+      del mine["prune"]["noise_std"]  # likewise
     return training(saved) == training(mine)
 
   def same_phase_one_as(self, saved):

@@ -6,6 +6,9 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 NOISE_MODES = ("none", "layer", "channel", "element")
+# What sigma = std(w) is taken over: the whole kernel, as the formula reads,
+# or only the weights a pruning mask kept (the zeros would shrink it).
+NOISE_STD = ("all", "kept")
 # Name scope of the ops `noise_term` and the split noise path create.
 NOISE_SCOPE = "pni_noise"
 
@@ -23,6 +26,19 @@ def _alpha_shape(mode, kernel_shape, channel_axes=1):
   raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
 
 
+def kernel_std(kernel, over="all"):
+  """sigma of PNI-W: the std of `kernel`, over all its weights or the non-zero.
+
+  With `over="kept"` and no non-zero weight it is 0 (nothing to add noise to).
+  """
+  if over == "all":
+    return tf.math.reduce_std(kernel)
+  kept = tf.cast(tf.not_equal(kernel, 0.0), kernel.dtype)
+  count = tf.maximum(tf.reduce_sum(kept), 1.0)
+  mean = tf.reduce_sum(kernel) / count
+  return tf.sqrt(tf.reduce_sum(kept * tf.square(kernel - mean)) / count)
+
+
 class _WeightNoise:
   """Shared behaviour: w_noisy = w + alpha * eta, eta ~ N(0, std(w)^2).
 
@@ -38,11 +54,15 @@ class _WeightNoise:
   # Cooperative with the Keras layer after this mixin in the MRO: it takes
   # the layer's own arguments, this the noise ones.
   def __init__(self, *args, noise="channel", alpha_init=0.25,
-               noise_enabled=True, **kwargs):
+               noise_enabled=True, noise_std="all", **kwargs):
     super().__init__(*args, **kwargs)
     if noise not in NOISE_MODES:
       raise ValueError(
           f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
+    if noise_std not in NOISE_STD:
+      raise ValueError(f"noise_std must be one of {', '.join(NOISE_STD)}, got "
+                       f"{noise_std!r}")
+    self.noise_std = noise_std
     if alpha_init < 0:
       raise ValueError(f"alpha_init must be >= 0, got {alpha_init}")
     self.noise = noise
@@ -88,7 +108,7 @@ class _WeightNoise:
     """
     with tf.name_scope(NOISE_SCOPE):
       kernel32 = tf.cast(kernel, tf.float32)
-      std = tf.stop_gradient(tf.math.reduce_std(kernel32))
+      std = tf.stop_gradient(kernel_std(kernel32, self.noise_std))
       eta = tf.stop_gradient(
           tf.random.normal(tf.shape(kernel32), dtype=tf.float32) * std)
       # Pruned weights are removed from the network, so they get no noise
@@ -106,7 +126,8 @@ class _WeightNoise:
 
   def get_config(self):
     return {**super().get_config(), "noise": self.noise,
-            "alpha_init": self.alpha_init, "noise_enabled": self.noise_enabled}
+            "alpha_init": self.alpha_init, "noise_enabled": self.noise_enabled,
+            "noise_std": self.noise_std}
 
 
 @keras.saving.register_keras_serializable(package="rsr_tf")
@@ -234,6 +255,22 @@ def set_noise_enabled(model, enabled):
   """
   for layer in noisy_layers(model):
     layer.noise_enabled = bool(enabled)
+  for attr in ("train_function", "test_function", "predict_function"):
+    if hasattr(model, attr):
+      setattr(model, attr, None)
+
+
+def set_noise_std(model, over):
+  """Takes every noisy layer's sigma over "all" its weights or the "kept" ones.
+
+  A phase-2 setting: after pruning, "all" counts the pruned zeros. Dropped
+  cached functions, as `set_noise_enabled`.
+  """
+  if over not in NOISE_STD:
+    raise ValueError(f"noise_std must be one of {', '.join(NOISE_STD)}, got "
+                     f"{over!r}")
+  for layer in noisy_layers(model):
+    layer.noise_std = over
   for attr in ("train_function", "test_function", "predict_function"):
     if hasattr(model, attr):
       setattr(model, attr, None)

@@ -109,7 +109,8 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
               adversarial=True, adv_delay_epochs=None, clean_weight=0.5,
               adv_weight=0.5, attack_true_labels=False, learning_rate=0.1,
               momentum=0.9, lr_milestones=(0.5, 0.75), lr_gamma=0.1,
-              finetune_lr=0.01, batch_size=128, steps_per_epoch=None,
+              finetune_lr=0.01, noise_std="all", batch_size=128,
+              steps_per_epoch=None,
               callbacks=None, phase_hook: Optional[Callable] = None,
               initial_epoch=0, jit_compile=False, verbose=1, seed=0,
               log: Optional[Callable] = None):
@@ -178,6 +179,9 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
       `keras.optimizers.schedules.LearningRateSchedule`, used as it is.
     momentum: SGD momentum of both phases.
     finetune_lr: phase 2's constant learning rate.
+    noise_std: from the prune on, the noisy layers' sigma is the std over
+      "all" kernel weights (the formula as written; the pruned zeros count)
+      or over the "kept" ones. Phase 1 always uses "all".
     batch_size: batch size for array data (a Dataset keeps its own).
     steps_per_epoch: train steps per epoch; None counts `train_data`.
     callbacks: Keras callbacks for both phases.
@@ -303,6 +307,9 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
     log(f"pruning: one global magnitude threshold for {target_sparsity:.0%}, "
         "masks fixed from here; per layer: " + ", ".join(
             f"{k} {v:.2f}" for k, v in layer_sparsity.items()))
+  if prune_schedule != "none" and noise_std != "all":
+    rsr_layers.set_noise_std(backbone, noise_std)
+    log(f"noise: sigma over the {noise_std} weights of each kernel from here")
   if finetune_epochs:
     log(f"phase 2: fine-tune at the target sparsity, {finetune_epochs} epochs, "
         f"lr {finetune_lr}")

@@ -99,6 +99,11 @@ def define_flags():
                        "reached (0: --epochs).", lower_bound=0)
   flags.DEFINE_integer("prune_frequency", 100, "Mask updates every N training "
                        "forward passes.", lower_bound=1)
+  flags.DEFINE_enum("noise_std", "all", ["all", "kept"], "After pruning, PNI-W's "
+                    "sigma is the std over all kernel weights (the formula; "
+                    "the pruned zeros count) or over the kept ones. A phase-2 "
+                    "setting: runs that differ only here can share phase 1 "
+                    "through --init_from.")
   # Run.
   flags.DEFINE_string("output_dir", "runs/default", "Where model.keras, "
                       "metrics.json, checkpoints and TensorBoard logs go.")
@@ -155,7 +160,7 @@ def config_from_flags():
       prune=config_lib.PruneConfig(
           schedule=FLAGS.prune_schedule, target_sparsity=FLAGS.target_sparsity,
           begin_epoch=FLAGS.prune_begin_epoch, end_epoch=FLAGS.prune_end_epoch,
-          frequency=FLAGS.prune_frequency),
+          frequency=FLAGS.prune_frequency, noise_std=FLAGS.noise_std),
       output_dir=FLAGS.output_dir,
       eval_noise_draws=FLAGS.eval_noise_draws,
       seed=FLAGS.seed,

@@ -170,6 +170,14 @@ def test_train_rsr_runs_the_whole_recipe_on_a_users_model(trained):
   assert accuracy > 0.4, "learns the bands (chance is 0.2)"
 
 
+def test_noise_std_kept_is_a_phase_two_setting():
+  keras.utils.set_random_seed(0)
+  result = rsr_tf.train_rsr(rsr_tf.add_weight_noise(user_models.gray_5_class()),
+                            band_data(64, 0), epochs=1, finetune_epochs=1,
+                            steps=1, batch_size=32, noise_std="kept", verbose=0)
+  assert {l.noise_std for l in rsr_layers.noisy_layers(result.model)} == {"kept"}
+
+
 def test_early_stopping_in_phase_one_still_prunes_and_fine_tunes():
   keras.utils.set_random_seed(0)
   stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0,

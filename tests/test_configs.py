@@ -94,3 +94,20 @@ def test_sparsity_sweep_prunes_the_rsr_85_dense_model(configs):
       assert config == source, name  # the same phase 1 in every other respect
     else:
       assert not config["init_from"], name
+
+
+def test_noise_std_is_phase_two_and_old_runs_still_resume():
+  from rsr_tf import config as config_lib  # noqa: E402
+  import dataclasses  # noqa: E402
+  import json  # noqa: E402
+  base = config_lib.TrainConfig()
+  kept = dataclasses.replace(base, prune=dataclasses.replace(base.prune,
+                                                             noise_std="kept"))
+  assert kept.same_phase_one_as(json.loads(base.to_json()))
+  assert not kept.same_training_as(json.loads(base.to_json()))
+  before = json.loads(base.to_json())
+  del before["prune"]["noise_std"]  # a config.json written before the switch
+  assert base.same_training_as(before) and not kept.same_training_as(before)
+  with pytest.raises(config_lib.ConfigError, match="--noise_std"):
+    dataclasses.replace(base, prune=dataclasses.replace(
+        base.prune, noise_std="some")).validate()

@@ -155,3 +155,26 @@ def test_a_fresh_process_loads_a_saved_model(tmp_path):
   result = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code,
                            path], capture_output=True, text=True, cwd=ROOT)
   assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_noise_std_over_the_kept_weights_ignores_the_pruned_zeros(graph):
+  kernel = np.zeros((4, 4, 2, 8), np.float32)
+  kept = np.random.default_rng(0).normal(0.0, 0.1, (4, 4, 2, 2)).astype(np.float32)
+  kernel[..., :2] = kept  # 75% pruned
+  std = (tf.function(rsr_layers.kernel_std) if graph else rsr_layers.kernel_std)
+  assert float(std(tf.constant(kernel), "kept")) == pytest.approx(
+      np.std(kept), rel=1e-5)
+  assert float(std(tf.constant(kernel), "all")) == pytest.approx(
+      np.std(kernel), rel=1e-5)
+  assert float(std(tf.zeros((3, 3)), "kept")) == 0.0
+
+
+def test_noise_std_is_a_saved_switch():
+  layer = rsr_layers.NoisyConv2D(4, 3, noise_std="kept")
+  assert rsr_layers.NoisyConv2D.from_config(layer.get_config()).noise_std == "kept"
+  old = {k: v for k, v in layer.get_config().items() if k != "noise_std"}
+  assert rsr_layers.NoisyConv2D.from_config(old).noise_std == "all", \
+      "models saved before the switch keep the formula's sigma"
+  with pytest.raises(ValueError, match="noise_std must be one of all, kept"):
+    rsr_layers.NoisyDense(3, noise_std="some")
