@@ -8,6 +8,7 @@ from typing import Optional
 MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
 NOISE_MODES = ("none", "layer", "channel", "element")
 PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
+LR_SCHEDULES = ("per_phase", "step", "cosine")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 # tf.distribute strategies by name; rsr_tf.distribute builds them.
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -165,8 +166,24 @@ class OptimizerConfig:
   epochs: int = 160
   finetune_epochs: int = 0
   finetune_lr: float = 0.01
+  # "per_phase": step decay at `lr_milestones` of phase 1, then
+  # `finetune_lr`. "step"/"cosine": one function of the global epoch over
+  # both phases (milestones in epochs), shared by every variant.
+  lr_schedule: str = "per_phase"
+  lr_milestone_epochs: tuple = ()
 
   def validate(self):
+    _require(self.lr_schedule in LR_SCHEDULES,
+             f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+             f"{self.lr_schedule!r}")
+    total = self.epochs + self.finetune_epochs
+    if self.lr_schedule == "step":
+      _require(bool(self.lr_milestone_epochs) and all(
+          0 < m < total for m in self.lr_milestone_epochs) and list(
+              self.lr_milestone_epochs) == sorted(self.lr_milestone_epochs),
+               f"--lr_milestone_epochs must be increasing epochs in (0, "
+               f"{total}) with --lr_schedule=step, got "
+               f"{list(self.lr_milestone_epochs)}")
     _require(self.learning_rate > 0,
              f"--lr must be > 0, got {self.learning_rate}")
     _require(0 <= self.momentum < 1,
@@ -287,12 +304,7 @@ class TrainConfig:
     """
     def training(d):
       return {k: v for k, v in d.items() if k not in ("strategy", "tpu")}
-    mine = json.loads(self.to_json())
-    if "init_from" not in saved and not self.init_from:
-      del mine["init_from"]  # written before the field existed
-    if ("noise_std" not in saved.get("prune", {})
-        and mine["prune"]["noise_std"] == "all"):
-      del mine["prune"]["noise_std"]  # likewise
+    mine = _without_later_defaults(json.loads(self.to_json()), saved)
     return training(saved) == training(mine)
 
   def same_phase_one_as(self, saved):
@@ -305,13 +317,34 @@ class TrainConfig:
       for key in ("prune", "output_dir", "init_from", "eval_noise_draws",
                   "strategy", "tpu"):
         d.pop(key, None)
-      for key in ("finetune_epochs", "finetune_lr"):
+      # With one curve over both phases, fine-tuning's length sets the
+      # phase-1 rates too.
+      per_phase = d["optimizer"].get("lr_schedule", "per_phase") == "per_phase"
+      for key in ("finetune_epochs",) * per_phase + ("finetune_lr",):
         d["optimizer"].pop(key, None)
       return d
-    return phase_one(saved) == phase_one(json.loads(self.to_json()))
+    mine = _without_later_defaults(json.loads(self.to_json()), saved)
+    return phase_one(saved) == phase_one(mine)
 
   def to_json(self):
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Fields added after runs were saved, with the value that behaves as before.
+_LATER_FIELDS = ((("init_from",), ""), (("prune", "noise_std"), "all"),
+                 (("optimizer", "lr_schedule"), "per_phase"),
+                 (("optimizer", "lr_milestone_epochs"), []))
+
+
+def _without_later_defaults(mine, saved):
+  """`mine` without the fields `saved` predates, where they keep old behaviour."""
+  for path, default in _LATER_FIELDS:
+    parent, saved_parent = mine, saved
+    for key in path[:-1]:
+      parent, saved_parent = parent[key], saved_parent.get(key, {})
+    if path[-1] not in saved_parent and parent.get(path[-1]) == default:
+      del parent[path[-1]]
+  return mine
 
 
 EVAL_ATTACKS = ("clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd",

@@ -174,7 +174,8 @@ def _train_and_prune(config, build, train_ds, eval_ds):
         attack_true_labels=loss.attack_true_labels,
         learning_rate=opt.learning_rate, momentum=opt.momentum,
         lr_milestones=opt.lr_milestones, lr_gamma=opt.lr_gamma,
-        finetune_lr=opt.finetune_lr, noise_std=prune.noise_std,
+        finetune_lr=opt.finetune_lr, lr_schedule=opt.lr_schedule,
+        lr_milestone_epochs=opt.lr_milestone_epochs, noise_std=prune.noise_std,
         phase_hook=_phase_hook(config),
         jit_compile=config.jit_compile,
         verbose=2 if os.environ.get("CI") else 1, log=_log)

@@ -109,7 +109,8 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
               adversarial=True, adv_delay_epochs=None, clean_weight=0.5,
               adv_weight=0.5, attack_true_labels=False, learning_rate=0.1,
               momentum=0.9, lr_milestones=(0.5, 0.75), lr_gamma=0.1,
-              finetune_lr=0.01, noise_std="all", batch_size=128,
+              finetune_lr=0.01, lr_schedule="per_phase",
+              lr_milestone_epochs=(), noise_std="all", batch_size=128,
               steps_per_epoch=None,
               callbacks=None, phase_hook: Optional[Callable] = None,
               initial_epoch=0, jit_compile=False, verbose=1, seed=0,
@@ -178,7 +179,14 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
       `lr_gamma` at each of `lr_milestones` (fractions of `epochs`); or a
       `keras.optimizers.schedules.LearningRateSchedule`, used as it is.
     momentum: SGD momentum of both phases.
-    finetune_lr: phase 2's constant learning rate.
+    finetune_lr: phase 2's constant learning rate ("per_phase" only).
+    lr_schedule: "per_phase" (the above: step decay over phase 1, then
+      `finetune_lr`), or one curve over the global epoch of both phases,
+      which a pruned variant follows on through fine-tuning, so variants
+      of equal total epochs get equal rates: "step" (times `lr_gamma` at
+      each of `lr_milestone_epochs`, global epoch numbers) or "cosine" (to
+      0 at `epochs + finetune_epochs`).
+    lr_milestone_epochs: the "step" schedule's milestones.
     noise_std: from the prune on, the noisy layers' sigma is the std over
       "all" kernel weights (the formula as written; the pruned zeros count)
       or over the "kept" ones. Phase 1 always uses "all".
@@ -291,11 +299,9 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
         target_sparsity, begin, end, prune_frequency))
     log(f"pruning: polynomial to {target_sparsity:.0%} between training calls "
         f"{begin} and {end}")
-  if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-    schedule = learning_rate
-  else:
-    schedule = training.step_decay(learning_rate, epochs, batches,
-                                   lr_milestones, lr_gamma)
+  schedule, finetune_schedule = phase_learning_rates(
+      lr_schedule, learning_rate, epochs, finetune_epochs, batches,
+      lr_milestones, lr_gamma, finetune_lr, lr_milestone_epochs)
   rates = {"train": fit("train", backbone, training.sgd(schedule, momentum),
                         0, epochs)}
 
@@ -312,15 +318,42 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
     log(f"noise: sigma over the {noise_std} weights of each kernel from here")
   if finetune_epochs:
     log(f"phase 2: fine-tune at the target sparsity, {finetune_epochs} epochs, "
-        f"lr {finetune_lr}")
+        f"lr {finetune_lr if lr_schedule == 'per_phase' else lr_schedule + ' (continued)'}")
     rates["finetune"] = fit("finetune", backbone,
-                            training.sgd(finetune_lr, momentum), epochs,
+                            training.sgd(finetune_schedule, momentum), epochs,
                             epochs + finetune_epochs)
   final = pruning.strip(backbone) if pruning.is_pruned(backbone) else backbone
   return RSRResult(model=final, history=history.logs, epochs=history.epochs,
                    sparsity=pruning.measured_sparsity(final),
                    layer_sparsity=layer_sparsity, images_per_second=rates,
                    stopped_early=history.stopped_early)
+
+
+LR_SCHEDULES = ("per_phase", "step", "cosine")
+
+
+def phase_learning_rates(lr_schedule, learning_rate, epochs, finetune_epochs,
+                         steps_per_epoch, lr_milestones=(0.5, 0.75),
+                         lr_gamma=0.1, finetune_lr=0.01,
+                         lr_milestone_epochs=()):
+  """(phase-1, phase-2) learning rates of `train_rsr`; see its docstring."""
+  if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+    return learning_rate, finetune_lr
+  _check(lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of "
+         f"{', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+  if lr_schedule == "per_phase":
+    return (training.step_decay(learning_rate, epochs, steps_per_epoch,
+                                lr_milestones, lr_gamma), finetune_lr)
+  total = epochs + finetune_epochs
+  _check(lr_schedule != "step" or (
+      list(lr_milestone_epochs) == sorted(lr_milestone_epochs)
+      and all(0 < m < total for m in lr_milestone_epochs)),
+         f"lr_milestone_epochs must be increasing epochs in (0, {total}), got "
+         f"{list(lr_milestone_epochs)}")
+  return tuple(training.EpochSchedule(
+      lr_schedule, learning_rate, total, steps_per_epoch, first_epoch=first,
+      milestone_epochs=lr_milestone_epochs, gamma=lr_gamma)
+               for first in (0, epochs))
 
 
 def _batch_of(dataset, default):

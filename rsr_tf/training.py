@@ -261,6 +261,55 @@ class RSRTrainer(keras.Model):
             "clean_accuracy": self._trackers["clean_accuracy"].result()}
 
 
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """A learning rate that is one function of the global epoch.
+
+  Every variant of a budget follows the same curve over `total_epochs`; a
+  pruned variant's fine-tuning optimizer starts at `first_epoch` (where it
+  pruned) and carries on along it.
+
+  Args:
+    kind: "step" (times `gamma` at each of `milestone_epochs`, global epoch
+      numbers) or "cosine" (from `learning_rate` to 0 over `total_epochs`).
+    learning_rate: the rate at epoch 0.
+    total_epochs: epochs of the whole run, both phases.
+    steps_per_epoch: optimizer steps per epoch.
+    first_epoch: the global epoch of this optimizer's step 0.
+    milestone_epochs, gamma: the step schedule.
+  """
+
+  def __init__(self, kind, learning_rate, total_epochs, steps_per_epoch,
+               first_epoch=0, milestone_epochs=(), gamma=0.1):
+    super().__init__()
+    if kind not in ("step", "cosine"):
+      raise ValueError(f"kind must be step or cosine, got {kind!r}")
+    self.kind = kind
+    self.learning_rate = float(learning_rate)
+    self.total_epochs = int(total_epochs)
+    self.steps_per_epoch = int(steps_per_epoch)
+    self.first_epoch = int(first_epoch)
+    self.milestone_epochs = tuple(int(m) for m in milestone_epochs)
+    self.gamma = float(gamma)
+
+  def __call__(self, step):
+    epoch = (tf.cast(self.first_epoch, tf.float32)
+             + tf.cast(step, tf.float32) / self.steps_per_epoch)
+    if self.kind == "step":
+      # A milestone takes effect with the first step of its epoch.
+      passed = tf.add_n([tf.cast(epoch >= m, tf.float32)
+                         for m in self.milestone_epochs] or [tf.constant(0.0)])
+      return self.learning_rate * tf.pow(self.gamma, passed)
+    progress = tf.minimum(epoch / self.total_epochs, 1.0)
+    return self.learning_rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+  def get_config(self):
+    return {"kind": self.kind, "learning_rate": self.learning_rate,
+            "total_epochs": self.total_epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "first_epoch": self.first_epoch,
+            "milestone_epochs": list(self.milestone_epochs), "gamma": self.gamma}
+
+
 def step_decay(learning_rate, epochs, steps_per_epoch, milestones, gamma):
   """lr times gamma at each milestone, given as a fraction of `epochs`."""
   boundaries = [int(round(m * epochs)) * steps_per_epoch for m in milestones]

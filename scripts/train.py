@@ -81,6 +81,14 @@ def define_flags():
   flags.DEFINE_list("lr_milestones", ["0.5", "0.75"], "Fractions of --epochs at "
                     "which the learning rate is multiplied by --lr_gamma.")
   flags.DEFINE_float("lr_gamma", 0.1, "Step-decay factor.", lower_bound=0)
+  flags.DEFINE_enum("lr_schedule", "per_phase", list(config_lib.LR_SCHEDULES),
+                    "per_phase: step decay at --lr_milestones of phase 1, then "
+                    "--finetune_lr. step, cosine: one curve over the global "
+                    "epoch of both phases, which a pruned run follows on "
+                    "through fine-tuning (equal total epochs, equal rates).")
+  flags.DEFINE_list("lr_milestone_epochs", [], "--lr_schedule=step: global "
+                    "epochs (0-based) from which the rate is multiplied by "
+                    "--lr_gamma.")
   flags.DEFINE_integer("finetune_epochs", -1, "Epochs at the target sparsity "
                        "after pruning; -1: an eighth of --epochs (20 of 160) "
                        "when pruning, 0 when dense.", lower_bound=-1)
@@ -138,6 +146,12 @@ def config_from_flags():
   except ValueError:
     raise config_lib.ConfigError(
         f"--lr_milestones must be numbers, got {','.join(FLAGS.lr_milestones)}")
+  try:
+    milestone_epochs = tuple(int(m) for m in FLAGS.lr_milestone_epochs)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"--lr_milestone_epochs must be epoch numbers, got "
+        f"{','.join(FLAGS.lr_milestone_epochs)}")
   return config_lib.TrainConfig(
       data=_cli.data_config_from_flags(),
       model=config_lib.ModelConfig(name=FLAGS.model, noise=FLAGS.noise,
@@ -156,7 +170,8 @@ def config_from_flags():
           learning_rate=FLAGS.lr, momentum=FLAGS.momentum,
           lr_milestones=milestones, lr_gamma=FLAGS.lr_gamma,
           epochs=FLAGS.epochs, finetune_epochs=finetune_epochs,
-          finetune_lr=FLAGS.finetune_lr),
+          finetune_lr=FLAGS.finetune_lr, lr_schedule=FLAGS.lr_schedule,
+          lr_milestone_epochs=milestone_epochs),
       prune=config_lib.PruneConfig(
           schedule=FLAGS.prune_schedule, target_sparsity=FLAGS.target_sparsity,
           begin_epoch=FLAGS.prune_begin_epoch, end_epoch=FLAGS.prune_end_epoch,

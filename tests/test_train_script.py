@@ -42,6 +42,8 @@ def _error_lines(result):
     (["--model=missing.keras"], "--model 'missing.keras' does not exist"),
     (["--image_size=32"], "--image_size must be H,W"),
     (["--channels=2"], "--channels"),
+    (["--lr_schedule=step"], "--lr_milestone_epochs must be increasing epochs"),
+    (["--lr_schedule=step", "--lr_milestone_epochs=x"], "--lr_milestone_epochs"),
     (["--batch_size=64", "--train_limit=10"], "smaller than one batch"),
 ])
 def test_bad_flags_give_one_clear_line(args, expected, tmp_path):

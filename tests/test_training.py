@@ -112,3 +112,51 @@ def test_a_diverging_run_stops_and_names_the_bad_term():
   assert stop.message is not None and "not finite" in stop.message
   assert any(term in stop.message for term in ("clean_loss", "adv_loss", "penalty"))
   assert len(history["loss"]) == 1, "stopped in the first epoch"
+
+
+def _rates_by_epoch(lr_schedule, epochs, finetune_epochs, steps=5, **kw):
+  """The learning rate in the middle of every global epoch, both phases.
+
+  Mid-epoch: Keras's PiecewiseConstantDecay switches one step after its
+  boundary, EpochSchedule on it.
+  """
+  from rsr_tf import recipe  # noqa: E402
+  first, second = recipe.phase_learning_rates(
+      lr_schedule, 0.1, epochs, finetune_epochs, steps, **kw)
+  rate = lambda s, step: float(s(step)) if callable(s) else float(s)  # noqa: E731
+  mid = steps // 2
+  return ([rate(first, e * steps + mid) for e in range(epochs)]
+          + [rate(second, e * steps + mid) for e in range(finetune_epochs)])
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("step", {"lr_milestone_epochs": (5, 8)}), ("cosine", {})])
+def test_a_pruned_variant_follows_the_dense_runs_learning_rates(kind, extra):
+  dense = _rates_by_epoch(kind, 10, 0, **extra)
+  pruned = _rates_by_epoch(kind, 7, 3, **extra)  # prunes at epoch 7
+  np.testing.assert_allclose(pruned, dense, rtol=1e-6)
+  if kind == "step":
+    np.testing.assert_allclose(dense, [0.1] * 5 + [0.01] * 3 + [0.001] * 2,
+                               rtol=1e-6)
+  else:
+    assert dense[0] == pytest.approx(0.1, rel=0.01) and dense[-1] < dense[0] / 10
+
+
+def test_the_per_phase_schedule_is_unchanged_and_differs_between_variants():
+  """What the cpu flagfiles keep: fractions of each run's own phase 1."""
+  dense = _rates_by_epoch("per_phase", 6, 0)
+  pruned = _rates_by_epoch("per_phase", 5, 1)
+  np.testing.assert_allclose(dense, [0.1] * 3 + [0.01] + [0.001] * 2, rtol=1e-6)
+  np.testing.assert_allclose(pruned, [0.1] * 2 + [0.01] * 2 + [0.001, 0.01],
+                             rtol=1e-6)
+
+
+def test_every_cpu_flagfile_keeps_the_per_phase_schedule():
+  import glob  # noqa: E402
+  import os  # noqa: E402
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  files = glob.glob(os.path.join(root, "configs", "cpu", "*.flags"))
+  assert files
+  for path in files:
+    with open(path) as f:
+      assert "--lr_schedule" not in f.read(), path
