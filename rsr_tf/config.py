@@ -7,6 +7,9 @@ from typing import Optional
 
 MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
 NOISE_MODES = ("none", "layer", "channel", "element")
+# What PNI-W's sigma = std(w) is taken over: the whole kernel, as the formula
+# reads, or only the weights a pruning mask kept (the zeros shrink it).
+NOISE_STD = ("all", "kept")
 PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
 LR_SCHEDULES = ("per_phase", "step", "cosine")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
@@ -223,8 +226,9 @@ class PruneConfig:
              f"--target_sparsity must be in [0, 1), got {self.target_sparsity}")
     _require(self.frequency >= 1,
              f"--prune_frequency must be >= 1, got {self.frequency}")
-    _require(self.noise_std in ("all", "kept"),
-             f"--noise_std must be all or kept, got {self.noise_std!r}")
+    _require(self.noise_std in NOISE_STD,
+             f"--noise_std must be one of {', '.join(NOISE_STD)}, got "
+             f"{self.noise_std!r}")
     if self.schedule == "polynomial":
       end = self.end_epoch or epochs
       _require(0 <= self.begin_epoch < end <= epochs,

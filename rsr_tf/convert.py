@@ -14,6 +14,11 @@ class ModelError(ValueError):
   """A model rsr_tf cannot work with; the message is one line for the user."""
 
 
+def _is_functional(model):
+  return isinstance(model, keras.Sequential) or getattr(
+      model, "_is_graph_network", False)
+
+
 def check_functional(model, what):
   """Raises ModelError unless `model` is a Sequential or functional tf_keras model.
 
@@ -25,8 +30,7 @@ def check_functional(model, what):
         f"{what} needs a tf_keras model, got {type(model).__module__}."
         f"{type(model).__name__}; build it with `import tf_keras as keras` "
         "(Keras 2), after `import rsr_tf`")
-  if not (isinstance(model, keras.Sequential)
-          or getattr(model, "_is_graph_network", False)):
+  if not _is_functional(model):
     raise ModelError(
         f"{what} needs a Sequential or functional model; {model.name!r} is a "
         f"subclassed model ({type(model).__name__}); rebuild it with the "
@@ -46,9 +50,9 @@ def final_softmax(model):
   layer built with `activation="softmax"` (a Dense head, say), as the last
   layer of the model.
   """
-  if not (isinstance(model, keras.Sequential)
-          or getattr(model, "_is_graph_network", False)):
-    return None  # a subclassed model's output layer is not known
+  # A subclassed model's output layer is not known.
+  if not (isinstance(model, keras.Model) and _is_functional(model)):
+    return None
   if len(model.outputs) != 1:
     return None
   layer = model.outputs[0]._keras_history.layer  # pylint: disable=protected-access
@@ -62,7 +66,7 @@ def final_softmax(model):
 
 
 def _without_softmax(layer):
-  """A copy of `layer` that leaves out its softmax (weights set later)."""
+  """A fresh `layer` that leaves out its softmax (weights are copied later)."""
   if isinstance(layer, keras.layers.Softmax):
     return keras.layers.Activation("linear", name=layer.name)
   config = layer.get_config()
@@ -77,7 +81,7 @@ def _convertible(layer):
   return rsr_layers.NOISY_TWINS.get(type(layer))
 
 
-def has_weights_to_prune(layer):
+def holds_kernel(layer):
   """Whether `layer` holds a trainable kernel (a weight of 2 or more axes)."""
   return any(len(w.shape) >= 2 for w in layer.trainable_weights)
 
@@ -142,21 +146,16 @@ def add_weight_noise(model, mode="channel", alpha_init=0.25):
 
   def clone_layer(layer):
     if isinstance(layer, keras.Model):
-      inner = add_weight_noise(layer, mode, alpha_init)
-      return inner
-    twin_class = _convertible(layer)
-    config = layer.get_config()
-    if layer is softmax:
-      if isinstance(layer, keras.layers.Softmax):
-        return _without_softmax(layer)
-      config["activation"] = "linear"
-    if twin_class is not None:
-      return twin_class.from_config(
-          {**config, "noise": mode, "alpha_init": alpha_init})
-    if has_weights_to_prune(layer) and not isinstance(
-        layer, rsr_layers.NOISY_LAYER_TYPES):
+      return add_weight_noise(layer, mode, alpha_init)
+    if holds_kernel(layer) and not isinstance(
+        layer, rsr_layers.NOISY_LAYER_TYPES) and _convertible(layer) is None:
       left_out.append(f"{layer.name} ({type(layer).__name__})")
-    return type(layer).from_config(config)
+    fresh = _without_softmax(layer) if layer is softmax else _plain_copy(layer)
+    twin_class = _convertible(fresh)
+    if twin_class is None:
+      return fresh
+    return twin_class.from_config(
+        {**fresh.get_config(), "noise": mode, "alpha_init": alpha_init})
 
   clone = _clone(model, clone_layer)
   if softmax is not None:
@@ -169,20 +168,25 @@ def add_weight_noise(model, mode="channel", alpha_init=0.25):
   return clone
 
 
-def logits_model(model):
+def logits_model(model, warn_as=None):
   """`model` without its final softmax, or `model` itself if it has none.
 
   The clone holds copies of the weights. rsr_tf trains and attacks logits:
   cross-entropy on logits is stable, and a softmax output would saturate the
   attacks' gradients.
 
-  Raises:
-    ModelError: the model ends in a softmax and is subclassed.
+  Args:
+    model: a tf_keras model.
+    warn_as: if given, a softmax that is dropped is reported in one warning
+      line that starts with it (the caller's name).
   """
-  softmax = final_softmax(model) if isinstance(model, keras.Model) else None
+  softmax = final_softmax(model)
   if softmax is None:
     return model
-  check_functional(model, "logits_model")
+  if warn_as:
+    _LOG.warning("%s: %r ends in a softmax (layer %r); training, attacks and "
+                 "the returned model use the logits beneath it", warn_as,
+                 model.name, softmax.name)
 
   def clone_layer(layer):
     if layer is softmax:
@@ -201,7 +205,7 @@ def _plain_copy(layer):
 
 def require_logits(model, what):
   """Raises ModelError if `model` ends in a softmax, saying what to do."""
-  softmax = final_softmax(model) if isinstance(model, keras.Model) else None
+  softmax = final_softmax(model)
   if softmax is not None:
     raise ModelError(
         f"{what}: model {model.name!r} ends in a softmax (layer "

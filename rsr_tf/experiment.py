@@ -12,7 +12,6 @@ import rsr_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from rsr_tf import convert
 from rsr_tf import data as data_lib
 from rsr_tf import distribute
 from rsr_tf import evaluation
@@ -142,7 +141,6 @@ def _restore_phase_one(config, backbone):
     _truncate_history(history, config.optimizer.epochs)  # phase 1's rows only
   _log(f"phase 1: {epochs} epochs restored from "
        f"{checkpoint.manager.latest_checkpoint}")
-  return []
 
 
 def _train_and_prune(config, build, train_ds, eval_ds):
@@ -179,9 +177,9 @@ def _train_and_prune(config, build, train_ds, eval_ds):
         phase_hook=_phase_hook(config),
         jit_compile=config.jit_compile,
         verbose=2 if os.environ.get("CI") else 1, log=_log)
-  except recipe.TrainingError as e:
-    raise RunError(str(e)) from None
-  except (ValueError, convert.ModelError) as e:
+  except RunError:  # from the phase hook, already one line
+    raise
+  except (recipe.TrainingError, ValueError) as e:  # ModelError is a ValueError
     raise RunError(str(e).splitlines()[0]) from e
 
 

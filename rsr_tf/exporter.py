@@ -611,37 +611,39 @@ def export(model, output_dir, formats=None, representative_data=None,
   if len(class_names) != num_classes:
     raise ExportError(f"model {name} has {num_classes} classes but "
                       f"{len(class_names)} class names were given")
-  rsr_layers.set_noise_enabled(model, config.noise)
-  noisy = config.noise and bool(rsr_layers.alphas(model))
-  if labels is None:
-    labels = np.argmax(_batched(_keras_fn(model), config.batch_size)(images), -1)
-  one_image = images[:1]
+  # The caller's model gets its own noise setting back afterwards.
+  with rsr_layers.noise_enabled_as(model, config.noise):
+    noisy = config.noise and bool(rsr_layers.alphas(model))
+    if labels is None:
+      labels = np.argmax(
+          _batched(_keras_fn(model), config.batch_size)(images), -1)
+    one_image = images[:1]
 
-  parent = os.path.dirname(os.path.abspath(output_dir))
-  build = tempfile.mkdtemp(dir=parent,
-                           prefix=f".{os.path.basename(output_dir)}.tmp-")
-  try:
-    if model_path is None:
-      model_path = os.path.join(build, MODEL_FILE)
-      model.save(model_path)
-    data = {"source": data_source or "arrays passed to rsr_tf.export",
-            "representative_examples": 0 if representative is None
-            else len(representative),
-            "eval_examples": len(labels), "labels": labelled,
-            "class_names": class_names}
-    report = _build(model, model_path, data, config, noisy, images, labels,
-                    representative, one_image, build, argv, log)
-    if os.path.dirname(os.path.abspath(model_path)) == build:
-      report["keras"]["file"] = MODEL_FILE
-    target = output_dir if report["passed"] else (
-        output_dir.rstrip(os.sep) + ".failed")
-    report["written_to"] = os.path.abspath(target)
-    outputs.write_json_atomic(os.path.join(build, REPORT_NAME), report)
-    _replace_dir(build, target)
-    return report
-  except BaseException:
-    shutil.rmtree(build, ignore_errors=True)
-    raise
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    build = tempfile.mkdtemp(dir=parent,
+                             prefix=f".{os.path.basename(output_dir)}.tmp-")
+    try:
+      if model_path is None:
+        model_path = os.path.join(build, MODEL_FILE)
+        model.save(model_path)
+      data = {"source": data_source or "arrays passed to rsr_tf.export",
+              "representative_examples": 0 if representative is None
+              else len(representative),
+              "eval_examples": len(labels), "labels": labelled,
+              "class_names": class_names}
+      report = _build(model, model_path, data, config, noisy, images, labels,
+                      representative, one_image, build, argv, log)
+      if os.path.dirname(os.path.abspath(model_path)) == build:
+        report["keras"]["file"] = MODEL_FILE
+      target = output_dir if report["passed"] else (
+          output_dir.rstrip(os.sep) + ".failed")
+      report["written_to"] = os.path.abspath(target)
+      outputs.write_json_atomic(os.path.join(build, REPORT_NAME), report)
+      _replace_dir(build, target)
+      return report
+    except BaseException:
+      shutil.rmtree(build, ignore_errors=True)
+      raise
 
 
 def _build(model, model_path, data, config, noisy, images, labels,

@@ -1,14 +1,18 @@
 """Parametric noise injection on weights (PNI-W): prunable, serialisable layers."""
 
+import contextlib
+
 import rsr_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-NOISE_MODES = ("none", "layer", "channel", "element")
-# What sigma = std(w) is taken over: the whole kernel, as the formula reads,
-# or only the weights a pruning mask kept (the zeros would shrink it).
-NOISE_STD = ("all", "kept")
+from rsr_tf import config
+
+# The lists of names live in the light config module, which scripts read
+# before TensorFlow loads.
+NOISE_MODES = config.NOISE_MODES
+NOISE_STD = config.NOISE_STD
 # Name scope of the ops `noise_term` and the split noise path create.
 NOISE_SCOPE = "pni_noise"
 
@@ -247,6 +251,16 @@ def noisy_layers(model):
   return found
 
 
+def _drop_traced_functions(model):
+  """Forgets `model`'s traced train/test/predict functions.
+
+  The noise switches are Python attributes read when a function is traced.
+  """
+  for attr in ("train_function", "test_function", "predict_function"):
+    if hasattr(model, attr):
+      setattr(model, attr, None)
+
+
 def set_noise_enabled(model, enabled):
   """Turns test-time noise on or off in every noisy layer of `model`.
 
@@ -255,9 +269,7 @@ def set_noise_enabled(model, enabled):
   """
   for layer in noisy_layers(model):
     layer.noise_enabled = bool(enabled)
-  for attr in ("train_function", "test_function", "predict_function"):
-    if hasattr(model, attr):
-      setattr(model, attr, None)
+  _drop_traced_functions(model)
 
 
 def set_noise_std(model, over):
@@ -271,9 +283,20 @@ def set_noise_std(model, over):
                      f"{over!r}")
   for layer in noisy_layers(model):
     layer.noise_std = over
-  for attr in ("train_function", "test_function", "predict_function"):
-    if hasattr(model, attr):
-      setattr(model, attr, None)
+  _drop_traced_functions(model)
+
+
+@contextlib.contextmanager
+def noise_enabled_as(model, enabled):
+  """`set_noise_enabled(model, enabled)` inside the block, then as it was."""
+  before = [layer.noise_enabled for layer in noisy_layers(model)]
+  set_noise_enabled(model, enabled)
+  try:
+    yield model
+  finally:
+    for layer, was in zip(noisy_layers(model), before):
+      layer.noise_enabled = was
+    _drop_traced_functions(model)
 
 
 def set_noise_split(model, enabled):
@@ -288,9 +311,7 @@ def set_noise_split(model, enabled):
   """
   for layer in noisy_layers(model):
     layer.noise_split = bool(enabled)
-  for attr in ("train_function", "test_function", "predict_function"):
-    if hasattr(model, attr):
-      setattr(model, attr, None)
+  _drop_traced_functions(model)
 
 
 def alphas(model):

@@ -1,6 +1,5 @@
 """Built-in networks by name (ResNet-20/18, VGG-16-BN) and the user's own models."""
 
-import logging
 import warnings
 
 import rsr_tf  # noqa: F401
@@ -219,11 +218,7 @@ def from_spec(spec, input_shape, num_classes, noise="channel",
     raise ValueError(f"--model {spec} outputs shape {list(model.output_shape)}; "
                      f"the data has {num_classes} classes, so it must output "
                      f"[N, {num_classes}] logits")
-  if convert.final_softmax(model) is not None:
-    logging.getLogger("rsr_tf").warning(
-        "--model %s ends in a softmax: training, attacks and the saved model "
-        "use the logits beneath it", spec)
-    model = convert.logits_model(model)
+  model = convert.logits_model(model, warn_as=f"--model {spec}")
   if noise != "none":
     model = convert.add_weight_noise(model, noise, alpha_init)
   return model

@@ -37,12 +37,11 @@ def _walk(model):
 
 
 def kernel_of(layer):
-  """The weight of `layer` that is pruned and regularised."""
+  """The weight of a prunable `layer` that is pruned and regularised."""
   if isinstance(layer, rsr_layers.NOISY_LAYER_TYPES):
     return layer.noisy_weight
-  if isinstance(layer, keras.layers.DepthwiseConv2D):
-    return layer.depthwise_kernel
-  return layer.kernel
+  # A plain layer's kernel sits where its noisy twin's does.
+  return getattr(layer, rsr_layers.NOISY_TWINS[type(layer)].KERNEL_ATTRIBUTE)
 
 
 def prunable_layers(model):
@@ -57,8 +56,8 @@ def kernels(model):
 
 def left_dense(model):
   """Layers that hold a kernel (a trainable weight of 2+ axes) pruning skips."""
-  return [layer for layer in _walk(model) if not _is_prunable(layer)
-          and any(len(w.shape) >= 2 for w in layer.trainable_weights)]
+  return [layer for layer in _walk(model)
+          if not _is_prunable(layer) and convert.holds_kernel(layer)]
 
 
 def measured_sparsity(model):

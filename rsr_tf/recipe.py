@@ -1,7 +1,6 @@
 """The paper's whole recipe in memory: RSR training, one-shot prune, fine-tune, strip."""
 
 import dataclasses
-import logging
 import sys
 from typing import Callable, Optional
 
@@ -226,11 +225,7 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
     log = ((lambda line: print(line, file=sys.stderr, flush=True)) if verbose
            else (lambda line: None))
   convert.check_functional(model, "train_rsr")
-  if convert.final_softmax(model) is not None:
-    logging.getLogger("rsr_tf").warning(
-        "train_rsr: %r ends in a softmax; training and attacking the logits "
-        "beneath it; result.model outputs logits", model.name)
-    model = convert.logits_model(model)
+  model = convert.logits_model(model, warn_as="train_rsr")
   if prune_schedule != "none" and not pruning.prunable_layers(model):
     raise convert.ModelError(f"train_rsr: {model.name!r} has no Conv2D, "
                              "DepthwiseConv2D or Dense layer to prune")
@@ -329,7 +324,7 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
                    stopped_early=history.stopped_early)
 
 
-LR_SCHEDULES = ("per_phase", "step", "cosine")
+LR_SCHEDULES = config_lib.LR_SCHEDULES
 
 
 def phase_learning_rates(lr_schedule, learning_rate, epochs, finetune_epochs,

@@ -107,7 +107,7 @@ def define_flags():
                        "reached (0: --epochs).", lower_bound=0)
   flags.DEFINE_integer("prune_frequency", 100, "Mask updates every N training "
                        "forward passes.", lower_bound=1)
-  flags.DEFINE_enum("noise_std", "all", ["all", "kept"], "After pruning, PNI-W's "
+  flags.DEFINE_enum("noise_std", "all", list(config_lib.NOISE_STD), "After pruning, PNI-W's "
                     "sigma is the std over all kernel weights (the formula; "
                     "the pruned zeros count) or over the kept ones. A phase-2 "
                     "setting: runs that differ only here can share phase 1 "

@@ -217,6 +217,15 @@ def test_export_and_runner_on_a_28x28_grayscale_model(trained):
   del labels
 
 
+def test_export_leaves_the_callers_model_as_it_was(trained):
+  result, (x_train, _), _, folder = trained
+  report = rsr_tf.export(result.model, str(folder / "deterministic"),
+                         formats=("tflite_float",), noise=False,
+                         representative_data=x_train[:32])
+  assert report["passed"] and report["noise"] == "off"
+  assert all(l.noise_enabled for l in rsr_layers.noisy_layers(result.model))
+
+
 def test_the_readme_example_runs_as_written(tmp_path):
   """README.md's "Bring your own model" code block, executed unchanged."""
   with open(os.path.join(ROOT, "README.md")) as f:
