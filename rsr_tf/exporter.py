@@ -322,17 +322,6 @@ def _saved_model_sparsity(path):
           "per_tensor": per_tensor}
 
 
-def _median_latency_ms(fn, image, runs, warmup=3):
-  for _ in range(warmup):
-    fn(image)
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn(image)
-    times.append((time.perf_counter() - start) * 1e3)
-  return float(np.median(times))
-
-
 def _accuracy(logits, labels):
   return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
@@ -413,7 +402,7 @@ def _saved_model_artifact(model, path, config, one_image):
   row = {
       "file": os.path.basename(path), "runtime": "TensorFlow",
       "sparsity": _saved_model_sparsity(path),
-      "latency_ms": _median_latency_ms(
+      "latency_ms": litert.median_latency_ms(
           lambda x: serve(**{INPUT_NAME: tf.constant(x)}), one_image,
           config.latency_runs),
       "signature": {"key": SIGNATURE_KEY, "input": INPUT_NAME,
@@ -663,7 +652,7 @@ def _build(model, model_path, data, config, noisy, images, labels,
       "file": os.path.abspath(model_path), "bytes": keras_size[0],
       "gzip_bytes": keras_size[1],
       "sparsity": pruning.measured_sparsity(model)["overall"],
-      "latency_ms": _median_latency_ms(_keras_fn(model), one_image,
+      "latency_ms": litert.median_latency_ms(_keras_fn(model), one_image,
                                        config.latency_runs),
       "accuracy": reference["accuracy"],
   }

@@ -35,6 +35,18 @@ _OP_NAMES = _names(schema.BuiltinOperator)
 _TYPE_NAMES = _names(schema.TensorType)
 
 
+def median_latency_ms(fn, image, runs=50, warmup=3):
+  """Median wall time of `fn(image)` over `runs` calls after `warmup`, in ms."""
+  for _ in range(warmup):
+    fn(image)
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    fn(image)
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)
+
+
 class Model:
   """A `.tflite` model in a LiteRT interpreter, one batch per invoke.
 
@@ -106,14 +118,7 @@ class Model:
 
   def latency_ms(self, image, runs=50, warmup=3):
     """Median wall time of one batch-1 invoke on `image` [1, ...], in ms."""
-    for _ in range(warmup):
-      self(image)
-    times = []
-    for _ in range(runs):
-      start = time.perf_counter()
-      self(image)
-      times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return median_latency_ms(self, image, runs, warmup)
 
 
 def first_line(error):
