@@ -112,7 +112,7 @@ def main(argv):
   _cli.quiet_tensorflow_startup()
   import tensorflow as tf  # noqa: E402
   import tf_keras as keras  # noqa: E402
-  from rsr_tf import attacks, data, models, outputs, pruning  # noqa: E402
+  from rsr_tf import attacks, data, models, outputs, pipelines, pruning  # noqa: E402
   from rsr_tf import training  # noqa: E402
 
   keras.utils.set_random_seed(0)
@@ -176,7 +176,7 @@ def main(argv):
     config = config_lib.DataConfig(image_folder=FLAGS.image_folder,
                                    embedded_sample=not FLAGS.image_folder)
     split = data.load(config).train
-    iterator = iter(data.train_pipeline(split, b).repeat())
+    iterator = iter(pipelines.train_pipeline(split, b).repeat())
     return lambda: next(iterator)[0].numpy()
 
   makers = {"clean": lambda: plain_step(bare_model(), False),

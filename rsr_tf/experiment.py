@@ -18,6 +18,7 @@ from rsr_tf import evaluation
 from rsr_tf import layers as rsr_layers
 from rsr_tf import models
 from rsr_tf import outputs
+from rsr_tf import pipelines
 from rsr_tf import plotting
 from rsr_tf import pruning
 from rsr_tf import recipe
@@ -222,9 +223,10 @@ def run(config, argv=None):
   batch = config.data.batch_size  # global: fit splits it over the replicas
   _log(f"strategy: {config.strategy}, {distribute.describe(strategy)}; "
        f"global batch {batch}")
-  train_ds = data_lib.train_pipeline(data.train, batch, seed=config.data.seed,
-                                     augment=config.data.augment)
-  eval_ds = data_lib.eval_pipeline(data.test, batch)
+  train_ds = pipelines.train_pipeline(data.train, batch,
+                                      seed=config.data.seed,
+                                      augment=config.data.augment)
+  eval_ds = pipelines.eval_pipeline(data.test, batch)
 
   def build():
     try:

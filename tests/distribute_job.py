@@ -8,7 +8,7 @@ process has long done.
   TF_CONFIG=... python tests/distribute_job.py --out=DIR --runs=multi_worker,default
 
 Each run trains the same tiny noisy-layer model from the same weights on the
-same pipeline (`data.train_pipeline`, shuffled and augmented from its seed)
+same pipeline (`pipelines.train_pipeline`, shuffled and augmented from its seed)
 with PGD, the kernel penalty and tfmot polynomial pruning, then writes
 DIR/<run>.npz (the chief only, under multi_worker, which reads TF_CONFIG):
 the final weights, measured sparsity, tfmot's pruning step and the history.
@@ -82,12 +82,13 @@ def _seeded_kernels(model):
 def train(strategy, noisy):
   import tf_keras as keras
   from rsr_tf import data as data_lib
+  from rsr_tf import pipelines
   from rsr_tf import pruning
   from rsr_tf import training
 
   keras.utils.set_random_seed(0)
   images, labels = _images()
-  dataset = data_lib.train_pipeline(data_lib.Split(images, labels),
+  dataset = pipelines.train_pipeline(data_lib.Split(images, labels),
                                     GLOBAL_BATCH, seed=0, augment=True)
   with strategy.scope():
     model = _tiny_model("channel" if noisy else "none", None)

@@ -11,6 +11,7 @@ import pytest
 import rsr_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from rsr_tf import config
 from rsr_tf import data
+from rsr_tf import pipelines
 import tensorflow as tf
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
@@ -116,7 +117,7 @@ def test_load_image_folder_any_size_and_channels(tmp_path, size, channels):
   assert ds.image_shape == (*size, channels)
   mean, std = data.channel_stats(ds.train.images)
   assert mean.shape == (channels,) and std.shape == (channels,)
-  batch, _ = next(iter(data.train_pipeline(ds.train, 4, seed=0)))
+  batch, _ = next(iter(pipelines.train_pipeline(ds.train, 4, seed=0)))
   assert batch.shape == (4, *size, channels)
 
 
@@ -344,7 +345,7 @@ def test_channel_stats_matches_numpy():
 
 def test_train_pipeline_batches_without_augmentation():
   split = _random_split(70)
-  ds = data.train_pipeline(split, batch_size=16, seed=3, augment=False)
+  ds = pipelines.train_pipeline(split, batch_size=16, seed=3, augment=False)
   assert ds.element_spec[0].shape == (16, 32, 32, 3)
   epoch = list(ds)
   assert len(epoch) == 4  # 70 // 16, the remainder is dropped
@@ -365,7 +366,7 @@ def test_train_pipeline_is_repeatable_for_a_seed():
 
   def first_epoch(seed):
     return [(x.numpy(), y.numpy())
-            for x, y in data.train_pipeline(split, 8, seed=seed)]
+            for x, y in pipelines.train_pipeline(split, 8, seed=seed)]
 
   a, b, c = first_epoch(5), first_epoch(5), first_epoch(6)
   assert all(np.array_equal(x1, x2) and np.array_equal(y1, y2)
@@ -375,7 +376,7 @@ def test_train_pipeline_is_repeatable_for_a_seed():
 
 def test_train_pipeline_augmentation_is_crop_and_flip():
   split = _random_split(32)
-  images, labels = next(iter(data.train_pipeline(split, 32, seed=0)))
+  images, labels = next(iter(pipelines.train_pipeline(split, 32, seed=0)))
   images = images.numpy()
   assert images.min() >= 0.0 and images.max() <= 1.0
   as_uint8 = np.round(images * 255).astype(np.uint8)
@@ -388,7 +389,7 @@ def test_train_pipeline_augmentation_is_crop_and_flip():
 
 def test_augment_batch_constant_image_only_gains_zero_padding():
   images = tf.fill([8, 32, 32, 3], 0.5)
-  out = data.augment_batch(images, tf.random.Generator.from_seed(0)).numpy()
+  out = pipelines.augment_batch(images, tf.random.Generator.from_seed(0)).numpy()
   assert out.shape == (8, 32, 32, 3) and out.dtype == np.float32
   assert set(np.unique(out)) <= {0.0, 0.5}
   # At most 4 padded rows and 4 padded columns end up in view.
@@ -398,7 +399,7 @@ def test_augment_batch_constant_image_only_gains_zero_padding():
 def test_augment_batch_is_pure_crop_flip_and_random_per_image():
   original = np.random.default_rng(2).random((32, 32, 3)).astype(np.float32)
   batch = np.repeat(original[np.newaxis], 16, axis=0)
-  out = data.augment_batch(tf.constant(batch),
+  out = pipelines.augment_batch(tf.constant(batch),
                            tf.random.Generator.from_seed(1)).numpy()
   assert out.min() >= 0.0 and out.max() <= 1.0
   for image in out:
@@ -412,7 +413,7 @@ def test_augment_batch_in_tf_function(use_generator):
 
   @tf.function
   def augment(images):
-    return data.augment_batch(images, generator)
+    return pipelines.augment_batch(images, generator)
 
   original = np.random.default_rng(4).random((32, 32, 3)).astype(np.float32)
   batch = tf.constant(np.repeat(original[np.newaxis], 4, axis=0))
@@ -425,7 +426,7 @@ def test_augment_batch_in_tf_function(use_generator):
 
 def test_eval_pipeline_keeps_partial_batch_in_order():
   split = _random_split(10)
-  batches = list(data.eval_pipeline(split, batch_size=4))
+  batches = list(pipelines.eval_pipeline(split, batch_size=4))
   assert [labels.shape[0] for _, labels in batches] == [4, 4, 2]
   images = np.concatenate([x.numpy() for x, _ in batches])
   labels = np.concatenate([y.numpy() for _, y in batches])
