@@ -76,6 +76,9 @@ class DataConfig:
   image_size: Optional[tuple] = None
   # 1 or 3; None: the source's own (tfds declares it; folders are RGB).
   channels: Optional[int] = None
+  # Training images held out (class-balanced, the last of each class) to
+  # validate on after every epoch; 0 validates on the eval split instead.
+  validation_size: int = 0
 
   def validate(self):
     _require(self.image_size is None or (
@@ -89,6 +92,8 @@ class DataConfig:
              f"--train_limit must be >= 0, got {self.train_limit}")
     _require(self.eval_limit >= 0,
              f"--eval_limit must be >= 0, got {self.eval_limit}")
+    _require(self.validation_size >= 0,
+             f"--validation_size must be >= 0, got {self.validation_size}")
     _require(not (self.image_folder and self.embedded_sample),
              "--image_folder and --embedded_sample are two data sources; pass one")
     if self.train_limit:
@@ -258,6 +263,10 @@ class TrainConfig:
   # Another run's folder whose finished phase 1 this run starts from, so a
   # sparsity sweep trains the dense model once ("": train it here).
   init_from: str = ""
+  # PGD steps on the validation images after every epoch (0: none), which
+  # also become the final check's attack; its step in pixel units.
+  validation_pgd_steps: int = 0
+  validation_step_size: float = 2 / 255
 
   def validate(self):
     """Raises ConfigError naming the first flag that breaks a rule."""
@@ -282,6 +291,12 @@ class TrainConfig:
     _require(not self.tpu or self.strategy == "tpu",
              f"--tpu={self.tpu} needs --strategy=tpu, got --strategy="
              f"{self.strategy}")
+    _require(self.validation_pgd_steps >= 0, f"--validation_pgd_steps must "
+             f"be >= 0, got {self.validation_pgd_steps}")
+    _require(not self.validation_pgd_steps
+             or 0 < self.validation_step_size <= self.attack.eps,
+             f"--validation_eps_step ({self.validation_step_size * 255:g}/255) "
+             f"must be in (0, --eps={self.attack.eps * 255:g}/255]")
     _require(self.eval_noise_draws >= 1,
              f"--eval_noise_draws must be >= 1, got {self.eval_noise_draws}")
     if self.prune.schedule == "none":
@@ -337,7 +352,10 @@ class TrainConfig:
 # Fields added after runs were saved, with the value that behaves as before.
 _LATER_FIELDS = ((("init_from",), ""), (("prune", "noise_std"), "all"),
                  (("optimizer", "lr_schedule"), "per_phase"),
-                 (("optimizer", "lr_milestone_epochs"), []))
+                 (("optimizer", "lr_milestone_epochs"), []),
+                 (("data", "validation_size"), 0),
+                 (("validation_pgd_steps",), 0),
+                 (("validation_step_size",), 2 / 255))
 
 
 def _without_later_defaults(mine, saved):

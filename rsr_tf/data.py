@@ -65,11 +65,13 @@ class Dataset:
     test: The evaluation split.
     class_names: Tuple of str; label i is class_names[i].
     source: Human-readable origin, e.g. "tfds:cifar10".
+    validation: Training images held out of `train` (`hold_out`), or None.
   """
   train: Split
   test: Split
   class_names: tuple
   source: str
+  validation: Optional[Split] = None
 
   @property
   def num_classes(self) -> int:
@@ -99,14 +101,40 @@ def load(config) -> Dataset:
   """
   size, channels = config.image_size, config.channels
   if config.image_folder:
-    return load_image_folder(config.image_folder, config.train_limit,
+    data = load_image_folder(config.image_folder, config.train_limit,
                              config.eval_limit, config.skip_bad_images,
                              image_size=size, channels=channels)
-  if config.embedded_sample:
-    return load_embedded_sample(config.train_limit, config.eval_limit,
+  elif config.embedded_sample:
+    data = load_embedded_sample(config.train_limit, config.eval_limit,
                                 image_size=size, channels=channels)
-  return load_tfds(config.dataset, config.data_dir, config.train_limit,
-                   config.eval_limit, image_size=size, channels=channels)
+  else:
+    data = load_tfds(config.dataset, config.data_dir, config.train_limit,
+                     config.eval_limit, image_size=size, channels=channels)
+  return hold_out(data, config.validation_size) if config.validation_size else data
+
+
+def hold_out(data: Dataset, n: int) -> Dataset:
+  """Moves `n` training images into `data.validation`.
+
+  They are the last images of each class in the training split's order,
+  class-balanced (`balanced_subset` from the end), so the held-out set does
+  not depend on the seed: every run of a comparison validates on the same
+  images, and none of them is ever trained on.
+
+  Raises:
+    DataError: `n` leaves fewer than one training image per class.
+  """
+  labels = data.train.labels
+  if n > len(labels) - data.num_classes:
+    raise DataError(f"--validation_size={n} leaves too few of the "
+                    f"{len(labels)} training images to train on")
+  held = len(labels) - 1 - balanced_subset(labels[::-1], n)
+  keep = np.ones(len(labels), bool)
+  keep[held] = False
+  train, held = np.flatnonzero(keep), np.sort(held)
+  images = data.train.images
+  return dataclasses.replace(data, train=Split(images[train], labels[train]),
+                             validation=Split(images[held], labels[held]))
 
 
 def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import rsr_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+from rsr_tf import config as config_lib
 from rsr_tf import data as data_lib
 from rsr_tf import distribute
 from rsr_tf import evaluation
@@ -144,7 +145,7 @@ def _restore_phase_one(config, backbone):
        f"{checkpoint.manager.latest_checkpoint}")
 
 
-def _train_and_prune(config, build, train_ds, eval_ds):
+def _train_and_prune(config, build, train_ds, validation_ds):
   """Both phases through `recipe.train_rsr`, in the strategy's scope.
 
   Returns:
@@ -159,7 +160,7 @@ def _train_and_prune(config, build, train_ds, eval_ds):
                               config.prune)
   try:
     return recipe.train_rsr(
-        backbone, train_ds, eval_ds, epochs=opt.epochs,
+        backbone, train_ds, validation_ds, epochs=opt.epochs,
         target_sparsity=prune.target_sparsity,
         finetune_epochs=opt.finetune_epochs, prune_schedule=prune.schedule,
         prune_begin_epoch=prune.begin_epoch,
@@ -175,6 +176,11 @@ def _train_and_prune(config, build, train_ds, eval_ds):
         lr_milestones=opt.lr_milestones, lr_gamma=opt.lr_gamma,
         finetune_lr=opt.finetune_lr, lr_schedule=opt.lr_schedule,
         lr_milestone_epochs=opt.lr_milestone_epochs, noise_std=prune.noise_std,
+        validation_pgd_steps=config.validation_pgd_steps,
+        validation_step_size=config.validation_step_size,
+        # Only runs that hold out validation images: the extra pass would
+        # change the random streams of the runs committed before it.
+        evaluate_after_prune=config.data.validation_size > 0,
         phase_hook=_phase_hook(config),
         jit_compile=config.jit_compile,
         verbose=2 if os.environ.get("CI") else 1, log=_log)
@@ -218,7 +224,9 @@ def run(config, argv=None):
 
   data = data_lib.load(config.data)
   _log(f"data: {data.source}, {len(data.train.labels)} train / "
-       f"{len(data.test.labels)} eval images, {data.num_classes} classes")
+       + (f"{len(data.validation)} validation (held out of train) / "
+          if data.validation else "")
+       + f"{len(data.test.labels)} eval images, {data.num_classes} classes")
   mean, std = data_lib.channel_stats(data.train.images)
   batch = config.data.batch_size  # global: fit splits it over the replicas
   _log(f"strategy: {config.strategy}, {distribute.describe(strategy)}; "
@@ -227,6 +235,10 @@ def run(config, argv=None):
                                       seed=config.data.seed,
                                       augment=config.data.augment)
   eval_ds = pipelines.eval_pipeline(data.test, batch)
+  # Per-epoch validation: held-out training images if asked for, else (as
+  # the cpu budget always did) the eval split.
+  validation_ds = (pipelines.eval_pipeline(data.validation, batch)
+                   if data.validation else eval_ds)
 
   def build():
     try:
@@ -240,7 +252,7 @@ def run(config, argv=None):
   # Variables made in the scope are mirrored over the replicas: the model,
   # tfmot's masks and step, the optimizer, the trainer's metrics.
   with strategy.scope():
-    result = _train_and_prune(config, build, train_ds, eval_ds)
+    result = _train_and_prune(config, build, train_ds, validation_ds)
   rates, layer_sparsity = result.images_per_second, result.layer_sparsity
   opt = config.optimizer
   prune = config.prune
@@ -266,16 +278,17 @@ def run(config, argv=None):
        f"{config.eval_noise_draws} noise draws")
   clean = evaluation.accuracy_over_draws(final, eval_ds, config.eval_noise_draws,
                                          label="clean")
+  check = final_check_attack(config)
   adversarial = evaluation.accuracy_over_draws(
-      final, eval_ds, config.eval_noise_draws, attack=config.attack,
-      label=f"PGD-{config.attack.steps}")
+      final, eval_ds, config.eval_noise_draws, attack=check,
+      label=f"PGD-{check.steps}")
   alphas = [a.numpy() for a in rsr_layers.alphas(final)]
 
   metrics = {
       "clean_accuracy": clean,
       "pgd_accuracy": adversarial,
-      "pgd": {"eps": config.attack.eps, "step_size": config.attack.step_size,
-              "steps": config.attack.steps, "rand_init": config.attack.rand_init,
+      "pgd": {"eps": check.eps, "step_size": check.step_size,
+              "steps": check.steps, "rand_init": check.rand_init,
               "labels": "true", "model_mode": "inference, noise on"},
       "sparsity": sparsity,
       "oneshot_layer_sparsity": layer_sparsity,
@@ -288,6 +301,12 @@ def run(config, argv=None):
                  "adversarial_from_epoch": adversarial_start},
       # Per epoch, phase by phase. Epochs that trace a new train function (the
       # first, and the one where PGD starts) are slower; the last is steady.
+      "validation": {
+          "source": ("held out of the training images" if data.validation
+                     else "the eval images"),
+          "examples": len(data.validation or data.test),
+          "after_prune": result.after_prune,
+          "catastrophic_overfitting": catastrophic_overfitting(history)},
       "training_images_per_second": rates,
       "history": history,
       "model": {"spec": config.model.name,
@@ -313,6 +332,34 @@ def run(config, argv=None):
             f"{prune.schedule} pruning to {prune.target_sparsity:.0%}")
   print(summary_table(metrics, out))
   return metrics
+
+
+def final_check_attack(config):
+  """The PGD of metrics.json: the validation check's if set, else training's."""
+  if not config.validation_pgd_steps:
+    return config.attack
+  return config_lib.AttackConfig(eps=config.attack.eps,
+                                 step_size=config.validation_step_size,
+                                 steps=config.validation_pgd_steps,
+                                 rand_init=True)
+
+
+# A fall of validation PGD accuracy this large from its best, within a run,
+# is what catastrophic overfitting looks like (Wong et al. 2020 saw ~40
+# points within an epoch); ordinary epoch-to-epoch noise is a few points.
+OVERFITTING_DROP = 0.15
+
+
+def catastrophic_overfitting(history):
+  """The first epoch whose val_pgd_accuracy fell OVERFITTING_DROP below the
+  best before it, as {"epoch", "best", "fell_to"}; None if it never did."""
+  values = history.get("val_pgd_accuracy", [])
+  best = float("-inf")
+  for epoch, value in enumerate(values):
+    if value == value and value < best - OVERFITTING_DROP:  # not NaN
+      return {"epoch": epoch + 1, "best": best, "fell_to": value}
+    best = max(best, value) if value == value else best
+  return None
 
 
 def summary_table(metrics, output_dir):

@@ -56,6 +56,9 @@ class RSRResult:
     layer_sparsity: the one-shot prune's per-layer fractions, or None.
     images_per_second: {phase: [training images/s per epoch trained]}.
     stopped_early: the phases a callback stopped before their last epoch.
+    after_prune: validation metrics (clean_accuracy, pgd_accuracy, ...) of
+      the one-shot pruned model before fine-tuning; None without validation
+      data, without fine-tuning, or when fine-tuning resumed.
   """
   model: keras.Model
   history: dict
@@ -64,6 +67,7 @@ class RSRResult:
   layer_sparsity: Optional[dict]
   images_per_second: dict
   stopped_early: list
+  after_prune: Optional[dict] = None
 
 
 def _check(ok, message):
@@ -109,7 +113,9 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
               adv_weight=0.5, attack_true_labels=False, learning_rate=0.1,
               momentum=0.9, lr_milestones=(0.5, 0.75), lr_gamma=0.1,
               finetune_lr=0.01, lr_schedule="per_phase",
-              lr_milestone_epochs=(), noise_std="all", batch_size=128,
+              lr_milestone_epochs=(), noise_std="all",
+              validation_pgd_steps=0, validation_step_size=2 / 255,
+              evaluate_after_prune=True, batch_size=128,
               steps_per_epoch=None,
               callbacks=None, phase_hook: Optional[Callable] = None,
               initial_epoch=0, jit_compile=False, verbose=1, seed=0,
@@ -186,6 +192,11 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
       each of `lr_milestone_epochs`, global epoch numbers) or "cosine" (to
       0 at `epochs + finetune_epochs`).
     lr_milestone_epochs: the "step" schedule's milestones.
+    validation_pgd_steps, validation_step_size: PGD on the true labels of
+      `validation_data` after every epoch (`val_pgd_accuracy`) and after
+      the one-shot prune, as `RSRTrainer`; 0: clean accuracy only.
+    evaluate_after_prune: evaluate `validation_data` on the pruned model
+      before fine-tuning (`RSRResult.after_prune`).
     noise_std: from the prune on, the noisy layers' sigma is the std over
       "all" kernel weights (the formula as written; the pruned zeros count)
       or over the "kept" ones. Phase 1 always uses "all".
@@ -241,8 +252,11 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
                       clean_weight=clean_weight, adv_weight=adv_weight,
                       attack_true_labels=attack_true_labels,
                       lambda_l1=lambda_l1, lambda_group=lambda_group,
-                      weight_decay=weight_decay)
+                      weight_decay=weight_decay,
+                      validation_pgd_steps=validation_pgd_steps,
+                      validation_step_size=validation_step_size)
   history = _History()
+  after_prune = {}
 
   def fit(phase_name, backbone, optimizer, first, last):
     trainer = training.RSRTrainer(backbone, **trainer_args)
@@ -256,6 +270,12 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
       return []
     if start > first:
       log(f"{phase_name}: resuming after epoch {start}")
+    elif (phase_name == "finetune" and val_ds is not None
+          and evaluate_after_prune):
+      # What the prune alone costs, before fine-tuning recovers it.
+      after_prune.update(trainer.evaluate(val_ds, return_dict=True, verbose=0))
+      log("after the prune, before fine-tuning: " + ", ".join(
+          f"val_{k} {v:.4f}" for k, v in after_prune.items()))
     trainer.adversarial_active = training.AdversarialStart.active_at(
         trainer, start, adversarial_start)
     throughput = training.Throughput(batches * _batch_of(train_ds, batch_size))
@@ -321,7 +341,8 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
   return RSRResult(model=final, history=history.logs, epochs=history.epochs,
                    sparsity=pruning.measured_sparsity(final),
                    layer_sparsity=layer_sparsity, images_per_second=rates,
-                   stopped_early=history.stopped_early)
+                   stopped_early=history.stopped_early,
+                   after_prune=after_prune or None)
 
 
 LR_SCHEDULES = config_lib.LR_SCHEDULES

@@ -105,6 +105,12 @@ class RSRTrainer(keras.Model):
     lambda_group: group lasso strength over output filters.
     weight_decay: L2 coefficient (coupled, as PyTorch's SGD: gradient
       weight_decay * w).
+    validation_pgd_steps: `evaluate` (and `fit`'s validation) also runs
+      PGD with this many steps on the true labels (random start, `eps`,
+      `validation_step_size`) and reports `pgd_accuracy`: the check that
+      catches catastrophic overfitting of a weak training attack. 0: clean
+      only.
+    validation_step_size: that PGD's step, at most `eps`.
     **kwargs: for `keras.Model` (e.g. name).
 
   Raises:
@@ -114,14 +120,20 @@ class RSRTrainer(keras.Model):
   def __init__(self, model, eps=8 / 255, step_size=2 / 255, steps=7,
                rand_init=True, adversarial=True, clean_weight=0.5,
                adv_weight=0.5, attack_true_labels=False, lambda_l1=5e-6,
-               lambda_group=0.0, weight_decay=3e-4, **kwargs):
+               lambda_group=0.0, weight_decay=3e-4, validation_pgd_steps=0,
+               validation_step_size=2 / 255, **kwargs):
     super().__init__(**kwargs)
     convert.require_logits(model, "RSRTrainer")
     _check_argument(0 <= eps <= 1, "eps", "in [0, 1] (pixel units)", eps)
     _check_argument(0 <= step_size <= eps, "step_size", f"in [0, eps={eps}]",
                     step_size)
-    _check_argument(isinstance(steps, numbers.Integral) and steps >= 0,
-                    "steps", "an int >= 0", steps)
+    for name, value in (("steps", steps),
+                        ("validation_pgd_steps", validation_pgd_steps)):
+      _check_argument(isinstance(value, numbers.Integral) and value >= 0,
+                      name, "an int >= 0", value)
+    _check_argument(not validation_pgd_steps
+                    or 0 < validation_step_size <= eps, "validation_step_size",
+                    f"in (0, eps={eps}]", validation_step_size)
     for name, value in (("clean_weight", clean_weight),
                         ("adv_weight", adv_weight)):
       _check_argument(value >= 0, name, ">= 0", value)
@@ -135,6 +147,8 @@ class RSRTrainer(keras.Model):
     self.clean_weight = float(clean_weight)
     self.adv_weight = float(adv_weight)
     self.attack_true_labels = bool(attack_true_labels)
+    self.validation_pgd_steps = int(validation_pgd_steps)
+    self.validation_step_size = float(validation_step_size)
     _check_argument(not self.adversarial or clean_weight + adv_weight > 0,
                     "clean_weight + adv_weight", "> 0 to train adversarially",
                     clean_weight + adv_weight)
@@ -152,6 +166,8 @@ class RSRTrainer(keras.Model):
     self._trackers = {name: mean(name=name) for name in (
         "loss", "clean_loss", "adv_loss", "penalty", "clean_accuracy",
         "adv_accuracy", "l1_norm", "sparsity", "mean_alpha")}
+    if self.validation_pgd_steps:  # evaluation only; train_step skips it
+      self._trackers["pgd_accuracy"] = mean(name="pgd_accuracy")
 
   @property
   def metrics(self):
@@ -212,7 +228,8 @@ class RSRTrainer(keras.Model):
     if self.adversarial_active:
       t["adv_loss"].update_state(adv_loss, sample_weight=weight)
       t["adv_accuracy"].update_state(_accuracy_count(y, adv_logits))
-    return {name: tracker.result() for name, tracker in t.items()}
+    return {name: tracker.result() for name, tracker in t.items()
+            if name != "pgd_accuracy"}
 
   def _adversarial_examples(self, x, y, clean_logits):
     # The model's own predictions avoid label leaking (Kurakin et al.), and
@@ -257,8 +274,15 @@ class RSRTrainer(keras.Model):
         _cross_entropy(y, logits),
         sample_weight=None if replicas == 1 else _batch_size(y))
     self._trackers["clean_accuracy"].update_state(_accuracy_count(y, logits))
-    return {"clean_loss": self._trackers["clean_loss"].result(),
-            "clean_accuracy": self._trackers["clean_accuracy"].result()}
+    names = ["clean_loss", "clean_accuracy"]
+    if self.validation_pgd_steps:
+      x_adv = attacks.pgd(self._attack_fn, x, y, eps=self.eps,
+                          step_size=self.validation_step_size,
+                          steps=self.validation_pgd_steps, rand_init=True)
+      self._trackers["pgd_accuracy"].update_state(
+          _accuracy_count(y, self.backbone(x_adv, training=False)))
+      names.append("pgd_accuracy")
+    return {name: self._trackers[name].result() for name in names}
 
 
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):

@@ -43,7 +43,10 @@ def define_flags():
                       "paper/resnet20, paper/resnet18, paper/vgg16.")
   flags.DEFINE_string("configs_dir", "configs", "Folder of the budgets' "
                       "flagfiles.")
-  flags.DEFINE_list("variants", list(VARIANTS), "Variants to run, in order.")
+  flags.DEFINE_list("variants", None, "Variants to run, in order (default: "
+                    "every flagfile of the budget, the transfer source first, "
+                    "then " + ", ".join(VARIANTS[1:]) + ", then the rest by "
+                    "name; files named _*.flags are shared parts, not variants).")
   flags.DEFINE_list("steps", list(STEPS), "Steps to run: " + ", ".join(STEPS))
   flags.DEFINE_string("image_folder", None, "CIFAR-10 copy laid out as "
                       "DIR/train/<class>/, DIR/test/<class>/ (default: tfds).")
@@ -56,6 +59,14 @@ def define_flags():
                     "the transfer source itself.")
   flags.DEFINE_string("results_dir", "results", "Where the JSON files and "
                       "models are collected.")
+
+
+def budget_variants(folder):
+  """The variants of a budget folder, in the order reproduce runs them."""
+  names = sorted(name[:-len(".flags")] for name in os.listdir(folder)
+                 if name.endswith(".flags") and not name.startswith("_"))
+  rank = {name: i for i, name in enumerate(VARIANTS)}
+  return sorted(names, key=lambda name: (rank.get(name, len(VARIANTS)), name))
 
 
 def _flagfile(variant):
@@ -185,7 +196,9 @@ def main(argv):
   if not os.path.isdir(os.path.join(FLAGS.configs_dir, FLAGS.budget)):
     _cli.fail(f"--budget {FLAGS.budget!r}: no folder "
               f"{os.path.join(FLAGS.configs_dir, FLAGS.budget)}")
-  for variant in FLAGS.variants:
+  variants = FLAGS.variants or budget_variants(
+      os.path.join(FLAGS.configs_dir, FLAGS.budget))
+  for variant in variants:
     if not os.path.exists(_flagfile(variant)):
       _cli.fail(f"--variants: no flagfile {_flagfile(variant)}")
   unknown = set(FLAGS.steps) - set(STEPS)
@@ -196,7 +209,7 @@ def main(argv):
   if "collect" in FLAGS.steps:
     _write_data_record()
   steps = {"train": train, "evaluate": evaluate, "collect": collect}
-  for variant in FLAGS.variants:
+  for variant in variants:
     for step in STEPS:
       if step in FLAGS.steps:
         steps[step](variant)

@@ -13,6 +13,7 @@ Your own model and images (a factory on PYTHONPATH, 40x40 grayscale folders):
 eps flags are in 1/255 units of [0, 1] images.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -131,6 +132,18 @@ def define_flags():
                     "batch, split over the replicas.")
   flags.DEFINE_string("tpu", None, "--strategy=tpu: TPU name or grpc:// "
                       "address (empty: the local TPU of a Cloud TPU VM).")
+  flags.DEFINE_integer("validation_size", 0, "Training images held out "
+                       "(class-balanced, the same for every seed) to validate "
+                       "on after every epoch; 0: validate on the eval images.",
+                       lower_bound=0)
+  flags.DEFINE_integer("validation_pgd_steps", 0, "PGD-K (true labels, random "
+                       "start, --eps) on the validation images after every "
+                       "epoch, to catch catastrophic overfitting of a weak "
+                       "training attack; also the attack of the final check in "
+                       "metrics.json. 0: none, the final check uses the "
+                       "training attack.", lower_bound=0)
+  flags.DEFINE_float("validation_eps_step", 2.0, "That PGD's step, in /255.",
+                     lower_bound=0)
   flags.DEFINE_integer("eval_noise_draws", 3, "Independent noisy passes per "
                        "final accuracy.", lower_bound=1)
 
@@ -153,7 +166,8 @@ def config_from_flags():
         f"--lr_milestone_epochs must be epoch numbers, got "
         f"{','.join(FLAGS.lr_milestone_epochs)}")
   return config_lib.TrainConfig(
-      data=_cli.data_config_from_flags(),
+      data=dataclasses.replace(_cli.data_config_from_flags(),
+                               validation_size=FLAGS.validation_size),
       model=config_lib.ModelConfig(name=FLAGS.model, noise=FLAGS.noise,
                                    alpha_init=FLAGS.alpha_init),
       attack=config_lib.AttackConfig(eps=FLAGS.eps / 255,
@@ -184,6 +198,8 @@ def config_from_flags():
       strategy=FLAGS.strategy,
       tpu=FLAGS.tpu,
       init_from=FLAGS.init_from,
+      validation_pgd_steps=FLAGS.validation_pgd_steps,
+      validation_step_size=FLAGS.validation_eps_step / 255,
   ).validate()
 
 
