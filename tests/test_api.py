@@ -151,7 +151,8 @@ def trained(tmp_path_factory):
   train, val = band_data(320, seed=0), band_data(100, seed=1)
   result = rsr_tf.train_rsr(noisy, train, val, epochs=4, target_sparsity=0.6,
                             finetune_epochs=2, steps=2, adv_delay_epochs=1,
-                            learning_rate=0.05, batch_size=32, verbose=0)
+                            learning_rate=0.05, batch_size=32,
+                            validation_pgd_steps=3, verbose=0)
   return result, train, val, tmp_path_factory.mktemp("own_model")
 
 
@@ -160,6 +161,11 @@ def test_train_rsr_runs_the_whole_recipe_on_a_users_model(trained):
   assert result.epochs == [0, 1, 2, 3, 4, 5]
   assert result.history["adv_loss"][0] == 0 and result.history["adv_loss"][1] > 0
   assert len(result.history["val_clean_accuracy"]) == 6
+  assert len(result.history["val_pgd_accuracy"]) == 6
+  # The prune's own cost, measured before fine-tuning repairs it.
+  assert set(result.after_prune) == {"clean_loss", "clean_accuracy",
+                                     "pgd_accuracy"}
+  assert result.after_prune["pgd_accuracy"] <= result.after_prune["clean_accuracy"]
   assert result.sparsity["overall"] == pytest.approx(0.6, abs=0.01)
   assert not pruning.is_pruned(result.model)
   assert set(result.images_per_second) == {"train", "finetune"}

@@ -9,8 +9,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.flags"),
-                             recursive=True))
+# _*.flags are parts that a budget's variants share, not variants.
+FLAGFILES = sorted(path for path in glob.glob(
+    os.path.join(ROOT, "configs", "**", "*.flags"), recursive=True)
+                   if not os.path.basename(path).startswith("_"))
 
 # Parses each flagfile exactly as scripts/train.py does, in one process: the
 # flags are defined once, so each file is parsed into fresh flag values.
@@ -40,12 +42,19 @@ def configs():
 
 VARIANTS = ("natural", "at", "pni_at", "rsr_50", "rsr_70", "rsr_85", "rsr_95",
             "at_prune_85")
+CPU_LONG = ("at", "at_seed1", "pni_at", "at_prune_85", "rsr_85", "rsr_85_seed1")
+SEED_SUFFIX = "_seed1"
 
 
-def test_every_variant_exists_at_both_budgets(configs):
+def _variant(name):
+  """rsr_85 for cpu_long/rsr_85_seed1.flags: a second seed is the same variant."""
+  return os.path.basename(name)[:-len(".flags")].removesuffix(SEED_SUFFIX)
+
+
+def test_every_variant_exists_at_every_budget(configs):
   expected = {f"cpu/{v}.flags" for v in VARIANTS} | {
       f"paper/{m}/{v}.flags" for m in ("resnet20", "resnet18", "vgg16")
-      for v in VARIANTS}
+      for v in VARIANTS} | {f"cpu_long/{v}.flags" for v in CPU_LONG}
   assert set(configs) == expected
 
 
@@ -54,7 +63,7 @@ def test_output_dir_and_model_follow_the_file_name(configs):
     budget_dir = os.path.dirname(name)
     variant = os.path.basename(name)[:-len(".flags")]
     assert config["output_dir"] == f"runs/{budget_dir}/{variant}", name
-    if budget_dir == "cpu":
+    if budget_dir.startswith("cpu"):
       assert config["model"]["name"] == "resnet20", name
     else:
       assert config["model"]["name"] == budget_dir.split("/")[1], name
@@ -62,7 +71,7 @@ def test_output_dir_and_model_follow_the_file_name(configs):
 
 def test_variants_differ_only_where_they_should(configs):
   for name, config in configs.items():
-    variant = os.path.basename(name)[:-len(".flags")]
+    variant = _variant(name)
     noisy = variant.startswith(("rsr", "pni"))
     assert (config["model"]["noise"] == "channel") == noisy, name
     assert config["loss"]["adversarial"] == (variant != "natural"), name
@@ -79,7 +88,67 @@ def test_adversarial_variants_get_equal_compute(configs):
     if not config["loss"]["adversarial"]:
       continue
     epochs = config["optimizer"]["epochs"] + config["optimizer"]["finetune_epochs"]
-    assert epochs == (6 if name.startswith("cpu") else 160), name
+    assert epochs == {"cpu": 6, "cpu_long": 20}.get(
+        os.path.dirname(name), 160), name
+
+
+def _learning_rates(config, steps_per_epoch=7):
+  """The rate at every step of both phases, as train_rsr schedules them."""
+  from rsr_tf import recipe  # noqa: E402
+  opt = config["optimizer"]
+  train, finetune = recipe.phase_learning_rates(
+      opt["lr_schedule"], opt["learning_rate"], opt["epochs"],
+      opt["finetune_epochs"], steps_per_epoch, opt["lr_milestones"],
+      opt["lr_gamma"], opt["finetune_lr"], opt["lr_milestone_epochs"])
+  rates = [float(train(step)) for step in range(opt["epochs"] * steps_per_epoch)]
+  rates += [float(finetune(step)) if callable(finetune) else finetune
+            for step in range(opt["finetune_epochs"] * steps_per_epoch)]
+  return rates
+
+
+def test_cpu_long_variants_share_one_learning_rate_curve(configs):
+  # Pruned variants prune at epoch 16 and carry on along the dense curve.
+  dense = _learning_rates(configs["cpu_long/at.flags"])
+  assert dense[0] == pytest.approx(0.1) and dense[-1] < 1e-3
+  pruned = _learning_rates(configs["cpu_long/rsr_85.flags"])
+  assert configs["cpu_long/rsr_85.flags"]["optimizer"]["epochs"] == 16
+  assert pruned == pytest.approx(dense, abs=1e-7)
+
+
+def test_the_cpu_budget_keeps_its_unequal_schedules(configs):
+  # Its committed results came from these: per-phase step decay, then 0.01.
+  dense, pruned = (_learning_rates(configs[f"cpu/{v}.flags"])[6::7]
+                   for v in ("at", "rsr_85"))  # each epoch's last step
+  assert dense == pytest.approx([0.1] * 3 + [0.01] + [0.001] * 2)
+  assert pruned == pytest.approx([0.1] * 2 + [0.01] * 2 + [0.001] + [0.01])
+
+
+def test_cpu_long_variants_train_and_validate_alike(configs):
+  shared = ("data", "attack", "validation_pgd_steps", "validation_step_size",
+            "eval_noise_draws", "mixed_precision", "jit_compile")
+  base = configs["cpu_long/at.flags"]
+  assert base["data"]["validation_size"] == 1000
+  assert base["validation_pgd_steps"] == 7 and base["attack"]["steps"] == 2
+  for name, config in configs.items():
+    if name.startswith("cpu_long/"):
+      seed = 1 if name.endswith(SEED_SUFFIX + ".flags") else 0
+      assert config["seed"] == config["data"]["seed"] == seed, name
+      for key in shared:
+        mine, theirs = config[key], base[key]
+        if key == "data":
+          mine, theirs = ({**d, "seed": None} for d in (mine, theirs))
+        assert mine == theirs, (name, key)
+
+
+def test_a_second_seed_changes_only_the_seed(configs):
+  for variant in ("at", "rsr_85"):
+    first = dict(configs[f"cpu_long/{variant}.flags"])
+    second = dict(configs[f"cpu_long/{variant}{SEED_SUFFIX}.flags"])
+    assert second["output_dir"] == f"runs/cpu_long/{variant}{SEED_SUFFIX}"
+    for config in (first, second):
+      config.pop("output_dir"), config.pop("seed")
+      config["data"] = {**config["data"], "seed": None}
+    assert first == second, variant
 
 
 def test_sparsity_sweep_prunes_the_rsr_85_dense_model(configs):

@@ -300,6 +300,30 @@ def test_load_dispatches_on_config(tmp_path):
   assert len(embedded.test) == 20
 
 
+def test_hold_out_takes_the_last_of_each_class_whatever_the_seed(tmp_path):
+  root = _make_folder(tmp_path, train=5)
+  whole = data.load(config.DataConfig(image_folder=str(root)))
+  held = data.load(config.DataConfig(image_folder=str(root), validation_size=6,
+                                     seed=3))
+  assert len(held.train) == 9 and len(held.validation) == 6
+  np.testing.assert_array_equal(np.bincount(held.validation.labels), [2, 2, 2])
+  # Disjoint, and together the whole training split.
+  rows = lambda split: {im.tobytes() for im in split.images}  # noqa: E731
+  assert not rows(held.train) & rows(held.validation)
+  assert rows(held.train) | rows(held.validation) == rows(whole.train)
+  last = [i for i in range(15) if i % 5 >= 3]  # files are class by class
+  np.testing.assert_array_equal(held.validation.images, whole.train.images[last])
+  assert held.test is whole.test or len(held.test) == len(whole.test)
+
+
+def test_hold_out_of_too_many_images_is_one_line(tmp_path):
+  root = _make_folder(tmp_path, train=2)
+  with pytest.raises(data.DataError, match="--validation_size=4 leaves too few"):
+    data.load(config.DataConfig(image_folder=str(root), validation_size=4))
+  with pytest.raises(config.ConfigError, match="--validation_size"):
+    config.DataConfig(validation_size=-1).validate()
+
+
 def test_split_rejects_wrong_shape():
   with pytest.raises(ValueError, match="uint8"):
     data.Split(images=np.zeros((2, 28, 28), np.uint8),

@@ -42,6 +42,8 @@ def _error_lines(result):
     (["--model=missing.keras"], "--model 'missing.keras' does not exist"),
     (["--image_size=32"], "--image_size must be H,W"),
     (["--channels=2"], "--channels"),
+    (["--validation_pgd_steps=7", "--validation_eps_step=9"],
+     "--validation_eps_step"),
     (["--lr_schedule=step"], "--lr_milestone_epochs must be increasing epochs"),
     (["--lr_schedule=step", "--lr_milestone_epochs=x"], "--lr_milestone_epochs"),
     (["--batch_size=64", "--train_limit=10"], "smaller than one batch"),
@@ -163,7 +165,8 @@ def test_a_diverging_run_exits_with_one_line_naming_the_term(tmp_path):
 def test_init_from_prunes_another_runs_phase_one_without_retraining(tmp_path):
   tiny = [SMALL, "--embedded_sample", "--train_limit=128", "--eval_limit=32",
           "--batch_size=64", "--epochs=1", "--finetune_epochs=1",
-          "--pgd_steps=1", "--eps_step=8", "--eval_noise_draws=1"]
+          "--pgd_steps=1", "--eps_step=8", "--eval_noise_draws=1",
+          "--validation_size=32", "--validation_pgd_steps=2"]
   first = _run(*tiny, "--target_sparsity=0.5", f"--output_dir={tmp_path / 'a'}",
                timeout=400)
   assert first.returncode == 0, first.stderr[-2000:]
@@ -180,6 +183,15 @@ def test_init_from_prunes_another_runs_phase_one_without_retraining(tmp_path):
   # Phase 1's epoch is the first run's; fine-tuning adds one of its own.
   assert metrics["history"]["clean_accuracy"][0] == first_history["clean_accuracy"][0]
   assert len(metrics["history"]["clean_accuracy"]) == 2
+  # Validation on 32 training images held out; PGD-2 on them every epoch
+  # and on the pruned model before fine-tuning; the final check is PGD-2.
+  assert metrics["data"]["train_examples"] == 96
+  assert metrics["validation"]["examples"] == 32
+  assert metrics["validation"]["source"] == "held out of the training images"
+  assert set(metrics["validation"]["after_prune"]) >= {"clean_accuracy",
+                                                       "pgd_accuracy"}
+  assert len(metrics["history"]["val_pgd_accuracy"]) == 2
+  assert metrics["pgd"]["steps"] == 2 and metrics["pgd"]["step_size"] == 2 / 255
   # Anything but pruning and fine-tuning differing is refused in one line.
   other = _run(*tiny, "--lr=0.05", f"--init_from={tmp_path / 'a'}",
                f"--output_dir={tmp_path / 'c'}", timeout=120)

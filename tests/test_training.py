@@ -88,6 +88,34 @@ def test_test_step_reports_clean_accuracy():
   assert set(result) == {"clean_loss", "clean_accuracy"}
 
 
+def test_validation_pgd_is_reported_by_evaluate_only():
+  # A budget large enough to move colour_data's wide margins.
+  trainer = training.RSRTrainer(tiny_model(), eps=0.5, steps=1,
+                                validation_pgd_steps=5,
+                                validation_step_size=0.1, lambda_l1=0.0,
+                                weight_decay=0.0)
+  trainer.compile(optimizer=training.sgd(0.05, 0.9))
+  logs = trainer.fit(_dataset(), epochs=3, verbose=0).history
+  assert "pgd_accuracy" not in logs
+  result = trainer.evaluate(_dataset(), verbose=0, return_dict=True)
+  assert set(result) == {"clean_loss", "clean_accuracy", "pgd_accuracy"}
+  # Trained on this data: the attack must cost accuracy, or it did not run.
+  assert result["pgd_accuracy"] < result["clean_accuracy"]
+  with pytest.raises(ValueError, match="validation_step_size"):
+    training.RSRTrainer(tiny_model(), validation_pgd_steps=7,
+                        validation_step_size=9 / 255)
+
+
+def test_catastrophic_overfitting_is_a_fall_from_the_best_epoch():
+  from rsr_tf import experiment  # noqa: E402
+  steady = {"val_pgd_accuracy": [0.2, 0.3, 0.25, 0.33, 0.31]}
+  assert experiment.catastrophic_overfitting(steady) is None
+  assert experiment.catastrophic_overfitting({}) is None
+  collapsed = {"val_pgd_accuracy": [0.2, 0.35, float("nan"), 0.1, 0.02]}
+  assert experiment.catastrophic_overfitting(collapsed) == {
+      "epoch": 4, "best": 0.35, "fell_to": 0.1}
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_alphas(policy):
   keras.mixed_precision.set_global_policy(policy)
