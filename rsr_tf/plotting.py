@@ -32,7 +32,8 @@ def training_curves(history, path, finetune_from=None, title=""):
   adversarial = [loss > 0 for loss in history.get("adv_loss", [])]
   for key, label in (("clean_accuracy", "train clean"),
                      ("adv_accuracy", "train PGD"),
-                     ("val_clean_accuracy", "held-out clean")):
+                     ("val_clean_accuracy", "held-out clean"),
+                     ("val_pgd_accuracy", "held-out PGD")):
     if key in history:
       values = [100 * v if (key != "adv_accuracy" or adversarial[i]) else float("nan")
                 for i, v in enumerate(history[key])]
@@ -136,8 +137,7 @@ def accuracy_vs_sparsity(panels, path, title=""):
                   yerr=[100 * e["std"] for _, e in points], capsize=3,
                   marker="o" if len(points) > 1 else "D", color=colour,
                   label=label)
-      # Where the worst case's attack choice leaves a range, its
-      # attacker-favoured end hangs below the point.
+      # Where an entry carries a lower end (a range), it hangs below the point.
       low = [(100 * x, 100 * e["low"], 100 * e["mean"]) for x, e in points
              if e.get("low") is not None and e["low"] < e["mean"] - 1e-9]
       for x, bottom, top in low:
@@ -147,6 +147,29 @@ def accuracy_vs_sparsity(panels, path, title=""):
                    color=colour)
     ax.set(xlabel="sparsity of the conv/dense kernels (%)",
            ylabel="accuracy (%)", title=panel, xlim=(-5, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  figure.suptitle(title)
+  _save_atomic(figure, path)
+
+
+def learning_curves(histories, path, title=""):
+  """Held-out clean and PGD accuracy by epoch, one colour per run.
+
+  Args:
+    histories: {run name: history dict with val_clean_accuracy and
+      val_pgd_accuracy per epoch}.
+    path: the .png to write.
+    title: figure title.
+  """
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for i, (name, history) in enumerate(sorted(histories.items())):
+    for ax, key in zip(axes, ("val_clean_accuracy", "val_pgd_accuracy")):
+      values = history.get(key, [])
+      ax.plot(range(1, len(values) + 1), [100 * v for v in values],
+              marker=".", color=f"C{i}", label=name)
+  for ax, what in zip(axes, ("clean", "PGD")):
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"held-out {what}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   figure.suptitle(title)

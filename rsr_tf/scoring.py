@@ -1,4 +1,4 @@
-"""Scoring per-example correctness: the worst case over attacks, paired differences.
+"""Scoring per-example correctness: robust accuracy over attacks, differences, noise.
 
 Numpy only, so scripts/report.py can use it without importing TensorFlow.
 A correctness matrix is bool [passes, examples]: one row per noise draw.
@@ -9,36 +9,57 @@ import math
 import numpy as np
 
 
-def worst_case(correct):
-  """Per example, the attack that does best against it, scored honestly.
+def all_attacks(correct):
+  """AutoAttack's rule: robust in a pass only if every attack failed in it.
 
-  Taking the AND over attacks within a pass would hand the attacker one
-  extra noise draw per attack, so a noisy model loses examples to luck.
-  Instead the attack is picked per example on half of the passes (even or
-  odd) and scored on the other half, and the halves swap (cross-fitting).
-  With one pass there is nothing to cross-fit with: the plain AND.
+  An image counts in pass p only if it was classified correctly under each
+  attack's p-th pass (clean included, when it is one of the rows). On a
+  noisy model each attack's pass is its own noise draw, so every extra
+  attack is one more draw for the attacker: compare two models only under
+  the same set of attacks.
 
   Args:
     correct: bool [attacks, passes, examples].
 
   Returns:
-    bool [passes, examples]: correct under the attack chosen for it.
+    bool [passes, examples].
   """
   correct = np.asarray(correct, bool)
-  attacks, passes, n = correct.shape
-  if passes < 2:
-    return correct.all(axis=0)
-  even = np.arange(passes) % 2 == 0
-  out = np.empty((passes, n), bool)
-  for pick, score in ((even, ~even), (~even, even)):
-    seen = correct[:, pick].mean(axis=1)  # [attacks, examples]
-    # Ties (an example every attack fooled, or none did, in the half seen)
-    # go to the attack strongest over the whole half, not to the first listed.
-    strength = seen.mean(axis=1)
-    choice = np.lexsort((np.broadcast_to(strength[:, None], seen.shape), seen),
-                        axis=0)[0]
-    out[score] = correct[choice, :, np.arange(n)].T[score]
-  return out
+  if correct.ndim != 3 or correct.shape[0] < 1:
+    raise ValueError(f"need [attacks, passes, examples], got {correct.shape}")
+  return correct.all(axis=0)
+
+
+def tolerance(a, b):
+  """How far two accuracy entries may differ and still agree within noise.
+
+  Two standard deviations of the noise-draw spread of the difference, plus
+  one example of granularity. The one rule for "agree within noise" that
+  evaluation's checks, export's verification and the report share.
+
+  Args:
+    a, b: entries with "std" (over passes) and "examples".
+  """
+  return 2 * math.hypot(a["std"], b["std"]) + 1 / min(a["examples"], b["examples"])
+
+
+def pooled_seed_variance(pairs):
+  """Seed-to-seed variance of an accuracy, pooled over variants.
+
+  Args:
+    pairs: one sequence of accuracies per variant, one per seed (variants
+      with a single seed contribute nothing).
+
+  Returns:
+    (variance, degrees of freedom); (nan, 0) with no variant of two seeds.
+  """
+  total, dof = 0.0, 0
+  for values in pairs:
+    values = np.asarray(values, float)
+    if len(values) >= 2:
+      total += float(((values - values.mean()) ** 2).sum())
+      dof += len(values) - 1
+  return (total / dof, dof) if dof else (float("nan"), 0)
 
 
 def _draw_variance(correct):
@@ -71,19 +92,3 @@ def paired_difference(correct_a, correct_b):
   variance = (per_example.var(ddof=1) / len(per_example)
               + _draw_variance(a) + _draw_variance(b))
   return float(per_example.mean()), math.sqrt(variance)
-
-
-def worst_case_in_sample(correct):
-  """Per example, the attack with the lowest mean over every pass: [1, examples].
-
-  Choosing and scoring on the same noisy passes counts an attack's lucky
-  draws as strength, so on a noisy model this favours the attacker, where
-  worst_case() (chosen on half the passes, scored on the rest) favours the
-  model. The two bracket what an attacker with many queries would reach; on
-  a deterministic model they agree.
-
-  Args:
-    correct: bool [attacks, passes, examples].
-  """
-  correct = np.asarray(correct, float)
-  return correct.mean(axis=1).min(axis=0)[None]

@@ -1,4 +1,4 @@
-"""rsr_tf.scoring: worst case brackets and paired differences, on planted numbers."""
+"""rsr_tf.scoring: robust accuracy over attacks, paired differences, noise, on planted numbers."""
 
 import numpy as np
 import pytest
@@ -6,20 +6,26 @@ import pytest
 from rsr_tf import scoring
 
 
-def test_the_two_worst_cases_bracket_a_noisy_model_and_agree_on_a_fixed_one():
-  # Each attack fools example 0 in half the passes (attack 0 in the even ones,
-  # attack 1 in the odd ones); neither ever fools example 1. Truly, the better
-  # attack leaves example 0 robust half the time. Chosen in-sample, each
-  # attack's lucky passes count as strength: 0.5. Cross-fitted, each half picks
-  # the attack that won there and scores it where it lost: 1.0.
-  lucky = np.array([[[0, 1], [1, 1], [0, 1], [1, 1]],
-                    [[1, 1], [0, 1], [1, 1], [0, 1]]], bool)
-  assert scoring.worst_case_in_sample(lucky).tolist() == [[0.5, 1.0]]
-  assert scoring.worst_case(lucky).mean(axis=0).tolist() == [1.0, 1.0]
-  # Without noise the choice is the same on every pass, and so are the two.
-  fixed = np.array([[[0, 1, 1]] * 4, [[1, 0, 1]] * 4], bool)
-  assert scoring.worst_case_in_sample(fixed).tolist() == [[0, 0, 1]]
-  assert scoring.worst_case(fixed).mean(axis=0).tolist() == [0, 0, 1]
+def test_all_attacks_is_robust_only_when_every_attack_failed_in_the_same_pass():
+  # Example 0 is fooled by attack 0 in pass 0 and by attack 1 in pass 1: it
+  # is robust in neither pass, though each attack alone leaves it 50%.
+  correct = np.array([[[0, 1, 1], [1, 1, 0]],
+                      [[1, 1, 1], [0, 1, 1]]], bool)
+  assert scoring.all_attacks(correct).tolist() == [[0, 1, 1], [0, 1, 0]]
+  with pytest.raises(ValueError, match="attacks, passes, examples"):
+    scoring.all_attacks(correct[0])
+
+
+def test_tolerance_is_the_noise_of_both_plus_one_example():
+  a = {"std": 0.03, "examples": 200}
+  b = {"std": 0.04, "examples": 500}
+  assert scoring.tolerance(a, b) == pytest.approx(2 * 0.05 + 1 / 200)
+
+
+def test_seed_variance_pools_only_variants_with_two_seeds():
+  variance, dof = scoring.pooled_seed_variance([[0.30, 0.34], [0.50], [0.2, 0.2]])
+  assert dof == 2 and variance == pytest.approx((0.02 ** 2 * 2) / 2)
+  assert scoring.pooled_seed_variance([[0.3]])[1] == 0
 
 
 def test_paired_difference_counts_only_the_images_that_differ():
