@@ -174,3 +174,29 @@ def learning_curves(histories, path, title=""):
     ax.legend(fontsize=8)
   figure.suptitle(title)
   _save_atomic(figure, path)
+
+
+def sweep(values, series, reference, path, xlabel, title=""):
+  """Accuracy against a swept setting, with a reference run as dashed lines.
+
+  Args:
+    values: the setting of each point (0 allowed: the axis is symlog).
+    series: {label: [accuracy in [0, 1] or None per value]}.
+    reference: {label: accuracy of the reference run}, same labels.
+    path: the .png to write.
+    xlabel, title: axis label and figure title.
+  """
+  figure, ax = plt.subplots(figsize=(7.5, 4.5))
+  positive = [v for v in values if v > 0]
+  for i, (label, points) in enumerate(series.items()):
+    kept = [(v, 100 * p) for v, p in zip(values, points) if p is not None]
+    ax.plot([v for v, _ in kept], [p for _, p in kept], marker="o",
+            color=f"C{i}", label=label)
+    if reference.get(label) is not None:
+      ax.axhline(100 * reference[label], color=f"C{i}", linestyle="--",
+                 linewidth=1)
+  ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+  ax.set(xlabel=xlabel, ylabel="accuracy (%)", title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, title="dashed: the reference run")
+  _save_atomic(figure, path)

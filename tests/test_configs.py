@@ -43,6 +43,10 @@ def configs():
 VARIANTS = ("natural", "at", "pni_at", "rsr_50", "rsr_70", "rsr_85", "rsr_95",
             "at_prune_85")
 CPU_LONG = ("at", "at_seed1", "pni_at", "at_prune_85", "rsr_85", "rsr_85_seed1")
+LASSO_VALUES = ("0", "5e-6", "5e-5", "2e-4", "1e-3")
+LASSO_SWEEP = tuple(f"rsr_l1_{v}" for v in LASSO_VALUES) + ("at_prune_85",)
+# The budgets of the built-in ResNet-20 on 2 cores.
+CPU_BUDGETS = ("cpu", "cpu_long", "lasso_sweep")
 SEED_SUFFIX = "_seed1"
 
 
@@ -54,7 +58,8 @@ def _variant(name):
 def test_every_variant_exists_at_every_budget(configs):
   expected = {f"cpu/{v}.flags" for v in VARIANTS} | {
       f"paper/{m}/{v}.flags" for m in ("resnet20", "resnet18", "vgg16")
-      for v in VARIANTS} | {f"cpu_long/{v}.flags" for v in CPU_LONG}
+      for v in VARIANTS} | {f"cpu_long/{v}.flags" for v in CPU_LONG} | {
+          f"lasso_sweep/{v}.flags" for v in LASSO_SWEEP}
   assert set(configs) == expected
 
 
@@ -63,7 +68,7 @@ def test_output_dir_and_model_follow_the_file_name(configs):
     budget_dir = os.path.dirname(name)
     variant = os.path.basename(name)[:-len(".flags")]
     assert config["output_dir"] == f"runs/{budget_dir}/{variant}", name
-    if budget_dir.startswith("cpu"):
+    if budget_dir in CPU_BUDGETS:
       assert config["model"]["name"] == "resnet20", name
     else:
       assert config["model"]["name"] == budget_dir.split("/")[1], name
@@ -72,6 +77,8 @@ def test_output_dir_and_model_follow_the_file_name(configs):
 def test_variants_differ_only_where_they_should(configs):
   for name, config in configs.items():
     variant = _variant(name)
+    if name.startswith("lasso_sweep/"):
+      continue  # its own test below
     noisy = variant.startswith(("rsr", "pni"))
     assert (config["model"]["noise"] == "channel") == noisy, name
     assert config["loss"]["adversarial"] == (variant != "natural"), name
@@ -88,7 +95,7 @@ def test_adversarial_variants_get_equal_compute(configs):
     if not config["loss"]["adversarial"]:
       continue
     epochs = config["optimizer"]["epochs"] + config["optimizer"]["finetune_epochs"]
-    assert epochs == {"cpu": 6, "cpu_long": 20}.get(
+    assert epochs == {"cpu": 6, "cpu_long": 20, "lasso_sweep": 8}.get(
         os.path.dirname(name), 160), name
 
 
@@ -180,3 +187,24 @@ def test_noise_std_is_phase_two_and_old_runs_still_resume():
   with pytest.raises(config_lib.ConfigError, match="--noise_std"):
     dataclasses.replace(base, prune=dataclasses.replace(
         base.prune, noise_std="some")).validate()
+
+
+def test_the_lasso_sweep_varies_lambda_alone_on_held_out_validation(configs):
+  base = configs["lasso_sweep/rsr_l1_0.flags"]
+  assert base["data"]["validation_size"] == 1000 and base["data"]["train_limit"] == 20000
+  assert base["prune"]["target_sparsity"] == 0.85 and base["init_from"] == ""
+  for value in LASSO_VALUES:
+    config = dict(configs[f"lasso_sweep/rsr_l1_{value}.flags"])
+    assert config["loss"]["lambda_l1"] == float(value)
+    assert config["model"]["noise"] == "channel"
+    for key in ("loss", "output_dir"):
+      config.pop(key)
+    other = {k: v for k, v in base.items() if k not in ("loss", "output_dir")}
+    assert config == other, value
+  reference = configs["lasso_sweep/at_prune_85.flags"]
+  assert reference["model"]["noise"] == "none"
+  assert reference["loss"]["lambda_l1"] == 0
+  # Same schedule and attack as the cpu_long budget it shortens.
+  for key in ("attack", "validation_pgd_steps"):
+    assert base[key] == configs["cpu_long/at.flags"][key]
+  assert base["optimizer"]["lr_schedule"] == "cosine"
