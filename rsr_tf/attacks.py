@@ -28,6 +28,16 @@ def inference_fn(model):
   return lambda x: model(x, training=False)
 
 
+# The threat models, by name: CleverHans's `norm` argument for each.
+NORMS = {"linf": np.inf, "l2": 2}
+
+
+def _norm(norm):
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+  return NORMS[norm]
+
+
 def _check_static(eps, step_size=None, steps=None):
   if not isinstance(eps, float) or eps < 0:
     raise ValueError(f"eps must be a python float >= 0, got {eps!r}")
@@ -50,47 +60,51 @@ def _checked_input(x, eps, step_size=None, steps=None):
     return tf.identity(x)
 
 
-def fgsm(model_fn, x, y, eps):
-  """Fast gradient sign method, L-inf, untargeted.
+def fgsm(model_fn, x, y, eps, norm="linf"):
+  """Fast gradient (sign) method, untargeted.
+
+  Every attack here runs its own code at eps = 0 too (the step is then
+  zero), so the check "eps = 0 reproduces clean accuracy" tests that code.
 
   Args:
     model_fn: maps images in [0, 1] to logits.
     x: float32 images in [0, 1].
     y: int labels to move away from (true labels or the model's predictions).
-    eps: L-inf budget, a python float (CleverHans needs it static).
+    eps: budget in [0, 1] pixel units, a python float (CleverHans needs it
+      static).
+    norm: "linf" (the sign of the gradient) or "l2" (its direction).
 
   Returns:
     Adversarial images in [0, 1], within eps of `x`.
   """
   x = _checked_input(x, eps)
-  if eps == 0.0:
-    return x
-  return fast_gradient_method(model_fn, x, eps, np.inf, clip_min=0.0,
+  return fast_gradient_method(model_fn, x, eps, _norm(norm), clip_min=0.0,
                               clip_max=1.0, y=y, sanity_checks=False)
 
 
-def pgd(model_fn, x, y, eps, step_size, steps, rand_init=True):
-  """Madry et al. projected gradient descent, L-inf, untargeted.
+def pgd(model_fn, x, y, eps, step_size, steps, rand_init=True, norm="linf"):
+  """Madry et al. projected gradient descent, untargeted.
 
   Args:
     model_fn: maps images in [0, 1] to logits.
     x: float32 images in [0, 1].
     y: int labels to move away from.
-    eps: L-inf budget, a python float.
+    eps: budget in [0, 1] pixel units, a python float.
     step_size: per-step size, a python float in [0, eps].
     steps: number of gradient steps.
-    rand_init: start from a uniform random point in the eps-ball
-      (CleverHans starts at `x` unless told otherwise).
+    rand_init: start from a random point in the eps-ball (CleverHans
+      starts at `x` unless told otherwise).
+    norm: "linf" or "l2": the ball, and the step (gradient sign or
+      normalised gradient).
 
   Returns:
-    Adversarial images in [0, 1], within eps of `x`.
+    Adversarial images in [0, 1], within eps of `x` in `norm`.
   """
   x = _checked_input(x, eps, step_size, steps)
-  if eps == 0.0:
-    return x
   return projected_gradient_descent(
-      model_fn, x, eps, step_size, steps, np.inf, clip_min=0.0, clip_max=1.0,
-      y=y, rand_init=rand_init, rand_minmax=eps, sanity_checks=False)
+      model_fn, x, eps, step_size, steps, _norm(norm), clip_min=0.0,
+      clip_max=1.0, y=y, rand_init=rand_init, rand_minmax=eps,
+      sanity_checks=False)
 
 
 def mim(model_fn, x, y, eps, step_size, steps, decay=1.0):
@@ -99,14 +113,13 @@ def mim(model_fn, x, y, eps, step_size, steps, decay=1.0):
   Arguments as `pgd`; `decay` is the momentum factor mu.
   """
   x = _checked_input(x, eps, step_size, steps)
-  if eps == 0.0:
-    return x
   return momentum_iterative_method(
       model_fn, x, eps=eps, eps_iter=step_size, nb_iter=steps, norm=np.inf,
       clip_min=0.0, clip_max=1.0, y=y, decay_factor=decay, sanity_checks=False)
 
 
-def eot_pgd(model_fn, x, y, eps, step_size, steps, eot_samples, rand_init=True):
+def eot_pgd(model_fn, x, y, eps, step_size, steps, eot_samples, rand_init=True,
+            norm="linf"):
   """PGD whose gradient at every step averages `eot_samples` noise draws.
 
   Expectation over Transformation (Athalye et al. 2018) for a model with
@@ -115,7 +128,7 @@ def eot_pgd(model_fn, x, y, eps, step_size, steps, eot_samples, rand_init=True):
 
   Args:
     model_fn: stochastic map from [0, 1] images to logits.
-    x, y, eps, step_size, steps, rand_init: as `pgd`.
+    x, y, eps, step_size, steps, rand_init, norm: as `pgd`.
     eot_samples: noise draws per gradient step (1 is plain PGD).
 
   Returns:
@@ -129,15 +142,14 @@ def eot_pgd(model_fn, x, y, eps, step_size, steps, eot_samples, rand_init=True):
 
   def summed_loss(labels, logits):
     # The gradient of the sum over draws is the EOT gradient times a
-    # constant, which the sign step of L-inf PGD ignores.
+    # constant, which the sign step of L-inf PGD and the normalised step of
+    # L2 PGD both ignore.
     return tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.tile(labels, [eot_samples]), logits=logits)
 
   x = _checked_input(x, eps, step_size, steps)
-  if eps == 0.0:
-    return x
   return projected_gradient_descent(
-      stacked_logits, x, eps, step_size, steps, np.inf, loss_fn=summed_loss,
+      stacked_logits, x, eps, step_size, steps, _norm(norm), loss_fn=summed_loss,
       clip_min=0.0, clip_max=1.0, y=tf.cast(y, tf.int64), rand_init=rand_init,
       rand_minmax=eps, sanity_checks=False)
 

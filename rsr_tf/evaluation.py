@@ -31,12 +31,14 @@ class Classifier:
     differentiable: whether gradients of `logits_fn` can be taken.
     num_classes: width of the logits.
     input_shape: (height, width, channels) of the images it takes.
+    model: the Keras model behind it, if it is one (for the model card).
   """
   name: str
   logits_fn: Callable
   differentiable: bool
   num_classes: int
   input_shape: tuple = ()
+  model: Optional[keras.Model] = None
 
 
 def from_keras(model, name=None, num_classes=None):
@@ -53,7 +55,8 @@ def from_keras(model, name=None, num_classes=None):
   except (AttributeError, TypeError):  # subclassed, or a free dimension
     input_shape = ()
   return Classifier(name or model.name, attacks.inference_fn(model), True,
-                    num_classes or int(model.output_shape[-1]), input_shape)
+                    num_classes or int(model.output_shape[-1]), input_shape,
+                    model)
 
 
 def _saved_model_fn(path):

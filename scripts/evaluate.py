@@ -121,7 +121,32 @@ def rescore(out):
   outputs.write_json_atomic(paths[0], report)
   markdown = evaluation.report_markdown(report)
   outputs.write_text_atomic(os.path.join(out, "eval.md"), markdown)
+  write_model_card(out, report)
   print(markdown)
+
+
+def write_model_card(out, report):
+  """model_card.json and MODEL_CARD.md beside eval.json, from it alone."""
+  from rsr_tf import model_card  # noqa: E402
+  from rsr_tf import outputs  # noqa: E402
+  card = model_card.card(report)
+  outputs.write_json_atomic(os.path.join(out, "model_card.json"), card)
+  outputs.write_text_atomic(os.path.join(out, "MODEL_CARD.md"),
+                            model_card.markdown(card))
+
+
+def model_record(path, target):
+  """eval.json's "model": what was scored, its size and, for Keras, its shape."""
+  from rsr_tf import model_card  # noqa: E402
+  from rsr_tf import outputs  # noqa: E402
+  kind = ("savedmodel" if os.path.isdir(path) else
+          os.path.splitext(path)[1].lstrip("."))
+  record = {"path": os.path.abspath(path), "sha256": outputs.sha256_of(path),
+            "format": kind, "input_shape": list(target.input_shape),
+            "num_classes": target.num_classes, **model_card.file_sizes(path)}
+  if target.model is not None:
+    record.update(model_card.describe_keras(target.model))
+  return record
 
 
 def main(argv):
@@ -169,9 +194,8 @@ def main(argv):
   per_example = suite.pop("per_example")
   checks = evaluation.sanity_checks(suite)
   report = {
-      "model": {"path": os.path.abspath(FLAGS.model),
-                "sha256": outputs.sha256_of(FLAGS.model),
-                "stochastic": suite["stochastic"]},
+      "model": dict(model_record(FLAGS.model, target),
+                    stochastic=suite["stochastic"]),
       "source_model": ({"path": os.path.abspath(FLAGS.source_model),
                         "sha256": outputs.sha256_of(FLAGS.source_model)}
                        if FLAGS.source_model else None),
@@ -195,6 +219,7 @@ def main(argv):
                              title=os.path.basename(FLAGS.model))
   markdown = evaluation.report_markdown(report)
   outputs.write_text_atomic(os.path.join(out, "eval.md"), markdown)
+  write_model_card(out, report)
   print(markdown)
   failed = [c["check"] for c in checks if c["status"] == "FAIL"]
   if failed:

@@ -30,11 +30,39 @@ def test_adversarial_examples_stay_within_eps_and_pixel_range(attack, graph):
   assert np.max(np.abs(x_adv - x.numpy())) > EPS / 2, "the attack moved"
 
 
-def test_eps_zero_returns_the_input():
-  model_fn = attacks.inference_fn(tiny_model())
+def test_eps_zero_returns_the_input_through_the_attack_itself():
+  # The check "eps = 0 reproduces clean accuracy" only tests the attack if
+  # eps = 0 runs it: a shortcut returning x would never call the model.
+  model = tiny_model()
+  calls = tf.Variable(0)  # counts in graph too: CleverHans traces model_fn
+
+  def model_fn(images):
+    calls.assign_add(1)
+    return model(images, training=False)
+
   x = tf.random.uniform((2, 8, 8, 3))
-  np.testing.assert_array_equal(attacks.pgd(model_fn, x, [0, 1], 0.0, 0.0, 3), x)
-  np.testing.assert_array_equal(attacks.fgsm(model_fn, x, [0, 1], 0.0), x)
+  for norm in ("linf", "l2"):
+    np.testing.assert_array_equal(
+        attacks.pgd(model_fn, x, [0, 1], 0.0, 0.0, 3, norm=norm), x)
+    np.testing.assert_array_equal(attacks.fgsm(model_fn, x, [0, 1], 0.0, norm=norm), x)
+  np.testing.assert_array_equal(attacks.mim(model_fn, x, [0, 1], 0.0, 0.0, 2), x)
+  np.testing.assert_array_equal(attacks.eot_pgd(model_fn, x, [0, 1], 0.0, 0.0, 2, 2), x)
+  assert int(calls.numpy()) >= 2 * 3 + 2 + 2 + 2 * 2
+
+
+def test_l2_pgd_stays_in_the_l2_ball_and_uses_it():
+  model_fn = attacks.inference_fn(tiny_model())
+  x = tf.random.uniform((6, 8, 8, 3), 0.2, 0.8)
+  y = tf.constant([0, 1, 2, 0, 1, 2])
+  x_adv = attacks.pgd(model_fn, x, y, eps=0.5, step_size=0.1, steps=5, norm="l2")
+  distance = np.linalg.norm((x_adv - x).numpy().reshape(6, -1), axis=1)
+  assert distance.max() <= 0.5 + 1e-5
+  # An L2 ball of 0.5 over 192 pixels allows far less per pixel than L-inf 8/255
+  # everywhere would (0.5 vs 8/255 * sqrt(192) = 0.43 ... per-pixel spread differs):
+  # the step follows the gradient's direction, not its sign.
+  assert distance.max() > 0.25 and np.abs((x_adv - x).numpy()).max() > 8 / 255
+  with pytest.raises(ValueError, match="norm must be one of linf, l2"):
+    attacks.pgd(model_fn, x, y, eps=0.5, step_size=0.1, steps=1, norm="l1")
 
 
 def test_bad_static_arguments_are_named():

@@ -271,6 +271,14 @@ def test_evaluate_script_end_to_end(tmp_path):
   again = json.loads((out / "eval.json").read_text())
   assert again["suite"]["results"]["robust_all"]["mean"] == headline["mean"]
   assert "worst_case" not in again["suite"]["results"]
+  # The model card, beside eval.json, carries the re-derived headline.
+  card = json.loads((out / "model_card.json").read_text())
+  assert card["robust_accuracy_all_attacks"]["mean"] == headline["mean"]
+  assert card["model"]["parameters"] == _cifar_sized_model().count_params()
+  assert card["model"]["gzip_bytes"] < card["model"]["bytes"]
+  assert card["randomized"] and card["threat_model"]["eps_255"] == 8
+  assert [a["attack"] for a in card["attacks"]] == headline["attacks"][1:]
+  assert "| **robust accuracy (all attacks)** | **" in (out / "MODEL_CARD.md").read_text()
   assert again["rescored"][0]["command"].endswith(f"--rescore --output_dir={out}")
   assert "re-derived from per_example.npz" in (out / "eval.md").read_text()
   assert _evaluate("--rescore", f"--output_dir={out}", timeout=120).returncode == 0
