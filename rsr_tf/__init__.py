@@ -5,6 +5,7 @@ The public API, for any Sequential or functional tf_keras model:
   import rsr_tf                     # first: selects Keras 2 for TensorFlow
   noisy = rsr_tf.add_weight_noise(model)
   result = rsr_tf.train_rsr(noisy, train_data, validation_data, epochs=...)
+  report = rsr_tf.evaluate(result.model, (test_images, test_labels))
   rsr_tf.export(result.model, "export/", representative_data=images)
 
 Names resolve on first use, so `import rsr_tf` stays light (scripts check
@@ -34,6 +35,7 @@ _PUBLIC = {
     "prune_global": "pruning",
     "strip": "pruning",
     "measured_sparsity": "pruning",
+    "evaluate": "evaluation",
     "export": "exporter",
     "ExportError": "exporter",
 }

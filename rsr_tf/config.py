@@ -5,6 +5,8 @@ import json
 import os
 from typing import Optional
 
+from rsr_tf import registry  # no TensorFlow at import
+
 MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
 NOISE_MODES = ("none", "layer", "channel", "element")
 # What PNI-W's sigma = std(w) is taken over: the whole kernel, as the formula
@@ -369,18 +371,24 @@ def _without_later_defaults(mine, saved):
   return mine
 
 
-EVAL_ATTACKS = ("clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd",
-                "apgd_ce", "apgd_dlr", "transfer", "spsa", "eps_sweep")
+EVAL_ATTACKS = registry.NAMES
+EVAL_PRESETS = tuple(registry.PRESETS)
+EVAL_NORMS = ("linf", "l2")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   """The robustness evaluation of scripts/evaluate.py; eps values in [0, 1].
 
-  Defaults are sized for a 2-core CPU; AutoAttack's own "rand" version uses
-  100 APGD steps with 20 EOT draws (`apgd_steps=100, apgd_eot_samples=20`).
+  The defaults are the "cpu" preset, sized for a 2-core CPU; `from_preset`
+  gives the others (AutoAttack's "aa_rand" and "aa_standard"). With
+  `sequential`, each attack after the first runs only on the images that
+  survived every earlier one in some pass, as AutoAttack does, and its entry
+  is the robust accuracy after it (the cumulative AND).
   """
-  attacks: tuple = EVAL_ATTACKS
+  attacks: tuple = registry.PRESETS["cpu"]["attacks"]
+  preset: str = "cpu"
+  norm: str = "linf"
   eps: float = 8 / 255
   step_size: float = 2 / 255
   steps: int = 7
@@ -391,26 +399,52 @@ class EvalConfig:
   apgd_steps: int = 20
   apgd_eot_samples: int = 5
   apgd_restarts: int = 1
+  apgd_targets: int = 9
+  square_queries: int = 1000
+  square_noise_draws: int = 1
   spsa_steps: int = 20
   spsa_samples: int = 64
-  blackbox_limit: int = 50
+  # Images the query attacks (Square, SPSA) run on; 0: all of them, which
+  # puts them in the headline.
+  blackbox_limit: int = 200
+  sequential: bool = False
   eps_sweep: tuple = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
   batch_size: int = 128
   seed: int = 0
+
+  @classmethod
+  def from_preset(cls, preset, **overrides):
+    """The preset's settings, then `overrides` (explicit flags win)."""
+    _require(preset in registry.PRESETS, f"--preset must be one of "
+             f"{', '.join(registry.PRESETS)}, got {preset!r}")
+    return cls(**{**registry.PRESETS[preset], "preset": preset, **overrides})
 
   def validate(self):
     unknown = [a for a in self.attacks if a not in EVAL_ATTACKS]
     _require(not unknown, f"--attacks has unknown names {unknown}; known: "
              f"{', '.join(EVAL_ATTACKS)}")
-    _require(0 < self.eps <= 1, f"--eps must be in (0, 255]/255, got "
-             f"{self.eps * 255:g}/255")
+    _require(self.norm in EVAL_NORMS, f"--norm must be one of "
+             f"{', '.join(EVAL_NORMS)}, got {self.norm!r}")
+    if self.norm == "linf":
+      _require(0 < self.eps <= 1, f"--eps must be in (0, 255]/255, got "
+               f"{self.eps * 255:g}/255")
+    else:
+      _require(self.eps > 0, f"--l2_eps must be > 0, got {self.eps:g}")
     _require(0 < self.step_size <= self.eps,
-             f"--eps_step must be in (0, --eps], got {self.step_size * 255:g}/255")
+             "--eps_step must be in (0, eps], got " + (
+                 f"{self.step_size * 255:g}/255" if self.norm == "linf"
+                 else f"{self.step_size:g}"))
     for name in ("steps", "strong_steps", "restarts", "noise_draws",
                  "eot_samples", "apgd_steps", "apgd_eot_samples",
-                 "apgd_restarts", "spsa_steps", "blackbox_limit", "batch_size"):
+                 "apgd_restarts", "apgd_targets", "square_queries",
+                 "square_noise_draws", "spsa_steps", "batch_size"):
       value = getattr(self, name)
       _require(value >= 1, f"--{name} must be >= 1, got {value}")
+    _require(self.blackbox_limit >= 0,
+             f"--blackbox_limit must be >= 0, got {self.blackbox_limit}")
+    _require(not self.sequential or self.attacks[:1] == ("clean",),
+             "a sequential evaluation starts from clean accuracy: put clean "
+             "first in --attacks")
     _require(self.spsa_samples >= 2 and self.spsa_samples % 2 == 0,
              f"--spsa_samples must be an even number >= 2, got {self.spsa_samples}")
     _require(all(0 <= e <= 1 for e in self.eps_sweep),

@@ -12,6 +12,7 @@ Example:
 eps flags are in 1/255 units of [0, 1] images.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -39,20 +40,34 @@ def define_flags():
   flags.DEFINE_bool("rescore", False, "Recompute robust accuracy (all attacks) "
                     "and the sanity checks of the evaluation already in "
                     "--output_dir from its per_example.npz, without attacking "
-                    "again (--model unused).")
+                    "again; --model (optional) names the scored file, to "
+                    "describe it on the model card.")
   _cli.define_data_flags(eval_limit=1000, training=False)
   flags.adopt_module_key_flags(_cli)
-  flags.DEFINE_list("attacks", list(config_lib.EVAL_ATTACKS),
+  flags.DEFINE_enum("preset", "cpu", list(config_lib.EVAL_PRESETS),
+                    "Attack set and budgets: cpu (every attack on every image, "
+                    "CPU-sized, with the sanity checks), aa_rand (AutoAttack "
+                    "for randomized defenses: APGD-CE + APGD-DLR, 100 steps, "
+                    "20 EOT draws) or aa_standard (AutoAttack for deterministic "
+                    "models: APGD-CE, APGD-T, Square-5000). Flags given "
+                    "explicitly override the preset.")
+  flags.DEFINE_list("attacks", list(config_lib.EvalConfig().attacks),
                     "Subset to run, from: " + ", ".join(config_lib.EVAL_ATTACKS))
-  flags.DEFINE_float("eps", 8.0, "L-inf budget, in /255.", lower_bound=0,
+  flags.DEFINE_enum("norm", "linf", list(config_lib.EVAL_NORMS), "Threat model "
+                    "of PGD, FGSM, EOT-PGD, APGD and Square (MIM is L-inf only).")
+  flags.DEFINE_float("eps", 8.0, "L-inf budget, in /255 units.", lower_bound=0,
                      upper_bound=255)
-  flags.DEFINE_float("eps_step", 2.0, "PGD/MIM step size, in /255.", lower_bound=0)
+  flags.DEFINE_float("eps_step", 2.0, "PGD/MIM step size, in /255 units "
+                     "(--norm=l2: in pixel units of [0, 1] images; default "
+                     "there: --l2_eps / 4).", lower_bound=0)
+  flags.DEFINE_float("l2_eps", 0.5, "--norm=l2: the L2 budget in pixel units "
+                     "of [0, 1] images (not /255).", lower_bound=0)
   flags.DEFINE_integer("pgd_steps", 7, "Steps of PGD-k, MIM and EOT-PGD.",
                        lower_bound=1)
   flags.DEFINE_integer("strong_steps", 20, "Steps of the stronger PGD.",
                        lower_bound=1)
-  flags.DEFINE_integer("restarts", 1, "PGD random restarts; worst case per "
-                       "example is kept.", lower_bound=1)
+  flags.DEFINE_integer("restarts", 1, "PGD random restarts; per example the "
+                       "one of highest loss is kept.", lower_bound=1)
   flags.DEFINE_integer("noise_draws", 5, "Independent noisy passes per accuracy.",
                        lower_bound=1)
   flags.DEFINE_integer("eot_samples", 10, "Noise draws averaged per EOT-PGD "
@@ -60,34 +75,64 @@ def define_flags():
   flags.DEFINE_integer("apgd_steps", 20, "APGD iterations (AutoAttack: 100).",
                        lower_bound=1)
   flags.DEFINE_integer("apgd_eot_samples", 5, "Noise draws averaged in APGD's "
-                       "forward passes (AutoAttack rand: 20).", lower_bound=1)
+                       "steps (AutoAttack rand: 20).", lower_bound=1)
   flags.DEFINE_integer("apgd_restarts", 1, "APGD random restarts.", lower_bound=1)
+  flags.DEFINE_integer("apgd_targets", 9, "APGD-T: most target classes per "
+                       "image (at most classes - 1 are used).", lower_bound=1)
+  flags.DEFINE_integer("square_queries", 1000, "Square attack queries per "
+                       "image (AutoAttack: 5,000).", lower_bound=1)
+  flags.DEFINE_integer("square_noise_draws", 1, "Model calls averaged per "
+                       "Square query, for a noisy model.", lower_bound=1)
   flags.DEFINE_integer("spsa_steps", 20, "SPSA optimisation steps.", lower_bound=1)
   flags.DEFINE_integer("spsa_samples", 64, "SPSA probes per step (even).",
                        lower_bound=2)
-  flags.DEFINE_integer("blackbox_limit", 50, "Images attacked by SPSA.",
-                       lower_bound=1)
+  flags.DEFINE_integer("blackbox_limit", 200, "Images the query attacks "
+                       "(Square, SPSA) run on; 0: all, which puts them in the "
+                       "headline.", lower_bound=0)
+  flags.DEFINE_bool("sequential", False, "Run each attack only on the images "
+                    "still robust after the ones before (AutoAttack's order; "
+                    "the aa presets do).")
   flags.DEFINE_list("eps_sweep", ["0", "2", "4", "8", "16"], "PGD eps values "
-                    "(/255) for the accuracy-against-eps curve; 64 is always "
+                    "(/255; --norm=l2: multiples of --l2_eps) for the "
+                    "accuracy-against-eps curve; 64/255 (L2: 8 x eps) is always "
                     "added for the sanity check.")
 
 
+# Flag -> (EvalConfig field, flag value -> field value); the eps flags are
+# read with the norm in config_from_flags.
+_FIELDS = {
+    "attacks": ("attacks", tuple), "norm": ("norm", str),
+    "pgd_steps": ("steps", int), "strong_steps": ("strong_steps", int),
+    "restarts": ("restarts", int), "noise_draws": ("noise_draws", int),
+    "eot_samples": ("eot_samples", int), "apgd_steps": ("apgd_steps", int),
+    "apgd_eot_samples": ("apgd_eot_samples", int),
+    "apgd_restarts": ("apgd_restarts", int), "apgd_targets": ("apgd_targets", int),
+    "square_queries": ("square_queries", int),
+    "square_noise_draws": ("square_noise_draws", int),
+    "spsa_steps": ("spsa_steps", int), "spsa_samples": ("spsa_samples", int),
+    "blackbox_limit": ("blackbox_limit", int), "sequential": ("sequential", bool),
+    "batch_size": ("batch_size", int), "seed": ("seed", int),
+}
+
+
 def config_from_flags():
-  """flags -> a frozen, validated EvalConfig."""
+  """flags -> a frozen, validated EvalConfig: the preset, then explicit flags."""
+  overrides = {field: convert(FLAGS[flag].value)
+               for flag, (field, convert) in _FIELDS.items()
+               if FLAGS[flag].present}
+  l2 = FLAGS.norm == "l2"
+  unit = FLAGS.l2_eps if l2 else 1 / 255
+  overrides["eps"] = FLAGS.l2_eps if l2 else FLAGS.eps / 255
+  if FLAGS["eps_step"].present or not l2:
+    overrides["step_size"] = FLAGS.eps_step * (1 if l2 else 1 / 255)
+  else:
+    overrides["step_size"] = FLAGS.l2_eps / 4
   try:
-    sweep = tuple(float(e) / 255 for e in FLAGS.eps_sweep)
+    overrides["eps_sweep"] = tuple(float(e) * unit for e in FLAGS.eps_sweep)
   except ValueError:
     raise config_lib.ConfigError(
         f"--eps_sweep must be numbers, got {','.join(FLAGS.eps_sweep)}")
-  return config_lib.EvalConfig(
-      attacks=tuple(FLAGS.attacks), eps=FLAGS.eps / 255,
-      step_size=FLAGS.eps_step / 255, steps=FLAGS.pgd_steps,
-      strong_steps=FLAGS.strong_steps, restarts=FLAGS.restarts,
-      noise_draws=FLAGS.noise_draws, eot_samples=FLAGS.eot_samples,
-      apgd_steps=FLAGS.apgd_steps, apgd_eot_samples=FLAGS.apgd_eot_samples,
-      apgd_restarts=FLAGS.apgd_restarts, spsa_steps=FLAGS.spsa_steps,
-      spsa_samples=FLAGS.spsa_samples, blackbox_limit=FLAGS.blackbox_limit,
-      eps_sweep=sweep, batch_size=FLAGS.batch_size, seed=FLAGS.seed).validate()
+  return config_lib.EvalConfig.from_preset(FLAGS.preset, **overrides).validate()
 
 
 def rescore(out):
@@ -101,18 +146,34 @@ def rescore(out):
   import numpy as np  # noqa: E402
   from rsr_tf import evaluation  # noqa: E402
   from rsr_tf import outputs  # noqa: E402
+  from rsr_tf import sanity  # noqa: E402
+  from rsr_tf import suite as suite_lib  # noqa: E402
   with open(paths[0]) as f:
     report = json.load(f)
+  if FLAGS.model:
+    # The scored model itself, to describe it on the model card: it must be
+    # the file eval.json scored.
+    from rsr_tf import classifiers  # noqa: E402
+    if outputs.sha256_of(FLAGS.model) != report["model"]["sha256"]:
+      _cli.fail(f"--rescore --model={FLAGS.model}: not the model "
+                f"{paths[0]} scored (sha256 differs)")
+    try:
+      target = classifiers.load_classifier(FLAGS.model)
+    except ValueError as e:
+      _cli.fail(str(e))
+    report["model"] = dict(model_record(FLAGS.model, target),
+                           path=report["model"]["path"],
+                           stochastic=report["model"].get("stochastic"))
   with np.load(paths[1]) as saved:
     per_example = {n: saved[n] for n in saved.files if n != "labels"}
   suite = report["suite"]
   # "worst_case" was the headline before robust accuracy (all attacks).
-  for name in ("worst_case", evaluation.HEADLINE):
+  for name in ("worst_case", suite_lib.HEADLINE):
     suite["results"].pop(name, None)
-  entry = evaluation.robust_all_entry(per_example, report["config"]["eps"])
+  entry = suite_lib.robust_all_entry(per_example, report["config"]["eps"])
   if entry:
-    suite["results"][evaluation.HEADLINE] = entry
-  report["sanity_checks"] = evaluation.sanity_checks(suite)
+    suite["results"][suite_lib.HEADLINE] = entry
+  report["sanity_checks"] = sanity.sanity_checks(suite)
   # A rerun of the same command supersedes the earlier record: the numbers
   # now in the file are the ones this commit derived.
   record = outputs.provenance()
@@ -174,14 +235,15 @@ def main(argv):
 
   _cli.quiet_tensorflow_startup()
   import numpy as np  # noqa: E402
+  from rsr_tf import classifiers  # noqa: E402
   from rsr_tf import data as data_lib  # noqa: E402
   from rsr_tf import evaluation  # noqa: E402
   from rsr_tf import outputs  # noqa: E402
   from rsr_tf import plotting  # noqa: E402
 
   try:
-    target = evaluation.load_classifier(FLAGS.model)
-    source = (evaluation.load_classifier(FLAGS.source_model)
+    target = classifiers.load_classifier(FLAGS.model)
+    source = (classifiers.load_classifier(FLAGS.source_model)
               if FLAGS.source_model else None)
     data = data_lib.load(_cli.shaped_like(data_config, target.input_shape))
   except (ValueError, data_lib.DataError) as e:
@@ -190,9 +252,12 @@ def main(argv):
   y = data.test.labels
   print(f"evaluating {FLAGS.model} on {len(y)} images of {data.source}",
         file=sys.stderr, flush=True)
-  suite = evaluation.run_suite(target, x, y, config, source=source)
+  settings = dataclasses.asdict(config)
+  suite = evaluation.evaluate(target, (x, y), source=source,
+                              preset=settings.pop("preset"), **settings)
   per_example = suite.pop("per_example")
-  checks = evaluation.sanity_checks(suite)
+  checks = suite.pop("sanity_checks")
+  suite.pop("config")
   report = {
       "model": dict(model_record(FLAGS.model, target),
                     stochastic=suite["stochastic"]),

@@ -248,6 +248,17 @@ def test_the_readme_example_runs_as_written(tmp_path):
     os.chdir(cwd)
   assert namespace["result"].sparsity["overall"] == pytest.approx(0.85, abs=0.01)
   assert (tmp_path / "my_export" / "model_int8.tflite").exists()
+  # aa_rand on the user's 28x28x1, 4-class model: APGD-CE then APGD-DLR on
+  # the images still robust, each row the robust accuracy after it.
+  report = namespace["report"]
+  results = report["results"]
+  assert report["config"]["preset"] == "aa_rand" and report["stochastic"]
+  assert results["robust_all"]["attacks"] == ["clean", "apgd_ce", "apgd_dlr"]
+  assert (results["clean"]["mean"] >= results["apgd_ce"]["mean"]
+          >= results["apgd_dlr"]["mean"] == results["robust_all"]["mean"])
+  # Only images classified correctly in some clean pass are attacked at all.
+  assert results["apgd_dlr"]["attacked"] <= results["apgd_ce"]["attacked"] < 128
+  assert results["apgd_ce"]["eot_samples"] == 2
 
 
 def test_seeded_run_gives_the_golden_weights_of_the_commit_before_the_api():

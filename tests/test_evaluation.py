@@ -13,8 +13,11 @@ import tf_keras as keras
 from helpers import colour_data, tiny_model
 from rsr_tf import attacks
 from rsr_tf import config as config_lib
+from rsr_tf import classifiers
 from rsr_tf import evaluation
 from rsr_tf import layers as rsr_layers
+from rsr_tf import sanity
+from rsr_tf import suite as suite_lib
 from rsr_tf import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,20 +86,20 @@ class _QuantisedInput(keras.Model):
 
 def test_sanity_checks_flag_planted_gradient_masking(deterministic):
   x, y = colour_data(64, seed=2)
-  masked = evaluation.from_keras(_QuantisedInput(deterministic), name="masked",
+  masked = classifiers.from_keras(_QuantisedInput(deterministic), name="masked",
                                  num_classes=3)
-  twin = evaluation.from_keras(deterministic, name="twin")
+  twin = classifiers.from_keras(deterministic, name="twin")
   cfg = config_lib.EvalConfig(attacks=("clean", "pgd", "transfer"), eps=0.3,
                               step_size=0.075, steps=7, noise_draws=2,
                               batch_size=32)
-  suite = evaluation.run_suite(masked, x, y, cfg, source=twin)
+  suite = suite_lib.run_suite(masked, x, y, cfg, source=twin)
   r = suite["results"]
   assert r["transfer"]["mean"] < r["pgd"]["mean"]
-  checks = {c["check"]: c["status"] for c in evaluation.sanity_checks(suite)}
+  checks = {c["check"]: c["status"] for c in sanity.sanity_checks(suite)}
   assert checks["black-box transfer is weaker than white-box (transfer >= PGD)"] == "FAIL"
 
-  honest = evaluation.run_suite(twin, x, y, cfg, source=twin)
-  checks = {c["check"]: c["status"] for c in evaluation.sanity_checks(honest)}
+  honest = suite_lib.run_suite(twin, x, y, cfg, source=twin)
+  checks = {c["check"]: c["status"] for c in sanity.sanity_checks(honest)}
   assert checks["black-box transfer is weaker than white-box (transfer >= PGD)"] == "PASS"
 
 
@@ -106,7 +109,7 @@ def test_noisy_accuracy_is_reported_over_independent_draws():
     layer.alpha.assign(tf.fill(layer.alpha.shape, 2.0))  # very noisy
   x, y = colour_data(64)
   cfg = config_lib.EvalConfig(attacks=("clean",), noise_draws=4, batch_size=32)
-  suite = evaluation.run_suite(evaluation.from_keras(model), x, y, cfg)
+  suite = suite_lib.run_suite(classifiers.from_keras(model), x, y, cfg)
   clean = suite["results"]["clean"]
   assert suite["stochastic"]
   assert clean["draws"] == 4 and len(set(clean["per_draw"])) > 1
@@ -125,7 +128,7 @@ def test_eot_on_a_deterministic_model_takes_one_draw(deterministic):
                               step_size=0.03, steps=2, eot_samples=10,
                               apgd_steps=2, apgd_eot_samples=5, noise_draws=2,
                               batch_size=16)
-  suite = evaluation.run_suite(evaluation.from_keras(deterministic), x, y, cfg)
+  suite = suite_lib.run_suite(classifiers.from_keras(deterministic), x, y, cfg)
   assert not suite["stochastic"]
   assert suite["results"]["eot_pgd"]["eot_samples"] == 1
   assert suite["results"]["apgd_ce"]["eot_samples"] == 1
@@ -136,28 +139,28 @@ def test_sanity_checks_on_planted_results():
                        "pgd": {**_entry(0.4), "on_blackbox_subset": _entry(0.4)},
                        "pgd_strong": _entry(0.45, steps=20),
                        "eot_pgd": _entry(0.6), "transfer": _entry(0.7),
-                       "spsa": _entry(0.3), "apgd_ce": _entry(0.5)},
+                       "square": _entry(0.3), "apgd_ce": _entry(0.5)},
            "eps_sweep": [{**_entry(0.8), "eps": 0.0}, {**_entry(0.6), "eps": 4 / 255},
                          {**_entry(0.7), "eps": 8 / 255},
                          {**_entry(0.02), "eps": 64 / 255}],
            "skipped": {}, "stochastic": True}
-  status = {c["check"]: c["status"] for c in evaluation.sanity_checks(suite)}
+  status = {c["check"]: c["status"] for c in sanity.sanity_checks(suite)}
   assert status == {
       "eps = 0 reproduces clean accuracy": "PASS",
       "accuracy does not rise as eps grows": "FAIL",
-      "PGD at eps 64/255 brings accuracy to <= 5%": "PASS",
+      "PGD at the largest eps of the sweep brings accuracy to <= 5%": "PASS",
       "more PGD steps never help the model (PGD-strong <= PGD)": "FAIL",
       "iterative beats single-step (PGD <= FGSM)": "PASS",
       "black-box transfer is weaker than white-box (transfer >= PGD)": "PASS",
-      "black-box queries are weaker than white-box (SPSA >= PGD, same images)": "FAIL",
+      "black-box queries are weaker than white-box (Square >= PGD, same images)": "FAIL",
       "EOT does not help the model (EOT-PGD <= PGD)": "FAIL",
       "APGD with EOT is at least as strong as PGD (APGD-CE <= PGD)": "FAIL",
   }
   suite["results"]["apgd_ce"] = _entry(0.38)
-  assert evaluation.sanity_checks(suite)[-1]["status"] == "PASS"
+  assert sanity.sanity_checks(suite)[-1]["status"] == "PASS"
   suite["results"] = {"clean": _entry(0.8)}
   suite["eps_sweep"] = []
-  assert {c["status"] for c in evaluation.sanity_checks(suite)} == {"SKIPPED"}
+  assert {c["status"] for c in sanity.sanity_checks(suite)} == {"SKIPPED"}
 
 
 def _cifar_sized_model():
@@ -178,7 +181,7 @@ def test_keras_and_saved_model_formats_load(tmp_path):
   tf.saved_model.save(model, saved_dir, signatures={"serving_default": serve})
   x = tf.random.uniform((3, 32, 32, 3))
   for path in (keras_path, saved_dir):
-    classifier = evaluation.load_classifier(path)
+    classifier = classifiers.load_classifier(path)
     assert classifier.differentiable and classifier.num_classes == 10
     assert classifier.logits_fn(x).shape == (3, 10)
     with tf.GradientTape() as tape:
@@ -195,7 +198,7 @@ def test_bad_model_files_give_one_line_errors(tmp_path, name, content, expected)
   path = tmp_path / name
   path.write_bytes(content)
   with pytest.raises(ValueError, match=expected):
-    evaluation.load_classifier(str(path))
+    classifiers.load_classifier(str(path))
 
 
 def _evaluate(*args, timeout=60):
@@ -234,16 +237,18 @@ def test_evaluate_script_end_to_end(tmp_path):
                      "--embedded_sample", "--eval_limit=40", "--batch_size=20",
                      "--noise_draws=2", "--pgd_steps=2", "--strong_steps=3",
                      "--eot_samples=2", "--apgd_steps=2", "--apgd_eot_samples=2",
-                     "--spsa_steps=2", "--spsa_samples=4", "--blackbox_limit=3",
+                     "--square_queries=20", "--blackbox_limit=3",
                      "--eps_sweep=0,8", f"--output_dir={out}", timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((out / "eval.json").read_text())
   ran = set(report["suite"]["results"])
-  assert ran == {"clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
-                 "apgd_dlr", "transfer", "spsa", "robust_all"}
+  assert ran == {"clean", "fgsm", "pgd", "pgd_strong", "eot_pgd", "apgd_ce",
+                 "apgd_dlr", "transfer", "square", "robust_all"}
+  # Square ran on 3 images only: a check, not part of the headline.
+  assert report["suite"]["results"]["square"]["examples"] == 3
   assert report["suite"]["results"]["robust_all"]["attacks"] == [
-      "clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
-      "apgd_dlr", "transfer"]
+      "clean", "fgsm", "pgd", "pgd_strong", "eot_pgd", "apgd_ce", "apgd_dlr",
+      "transfer"]
   for entry in report["suite"]["results"].values():
     assert entry["draws"] == 2 and len(entry["per_draw"]) == 2
   assert report["suite"]["results"]["eot_pgd"]["eot_samples"] == 2  # noisy model
@@ -294,15 +299,15 @@ def test_a_tflite_target_gets_clean_and_black_box_attacks_only(tmp_path):
   model = export_helpers.tiny_model(num_classes=10)
   path = tmp_path / "m.tflite"
   path.write_bytes(export_helpers.tflite_bytes(model))
-  target = evaluation.load_classifier(str(path))
+  target = classifiers.load_classifier(str(path))
   assert not target.differentiable and target.num_classes == 10
   x, y = colour_data(8)
   x = np.asarray(tf.image.resize(x, (32, 32)))
   cfg = config_lib.EvalConfig(attacks=("clean", "pgd", "transfer"), noise_draws=2,
                               batch_size=8)
-  suite = evaluation.run_suite(target, x, y, cfg,
-                               source=evaluation.from_keras(model))
-  assert set(suite["results"]) == {"clean", "transfer"}
+  suite = suite_lib.run_suite(target, x, y, cfg,
+                               source=classifiers.from_keras(model))
+  assert set(suite["results"]) == {"clean", "transfer", "robust_all"}
   assert "not differentiable" in suite["skipped"]["pgd"]
 
 
@@ -311,20 +316,20 @@ def test_the_headline_is_robust_only_if_every_attack_failed_in_the_pass(
   # 4 passes, 3 examples. Example 0 falls to FGSM every time, example 2 to
   # PGD; example 1 falls to FGSM in passes 1-2 and to PGD in passes 1-3, and
   # is misclassified clean in pass 0. Robust in a pass: survives all three.
-  planted = {"clean": [[1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]],
+  planted = {"Clean": [[1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]],
              "FGSM": [[0, 1, 1], [0, 0, 1], [0, 0, 1], [0, 1, 1]],
              "PGD-2": [[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]}
-  monkeypatch.setattr(evaluation, "_measure", lambda target, x, y, draws, label,
+  monkeypatch.setattr(suite_lib, "measure", lambda target, x, y, draws, label,
                       **kw: np.array(planted[label], bool))
   cfg = config_lib.EvalConfig(attacks=("clean", "fgsm", "pgd"), noise_draws=4,
                               steps=2, batch_size=4)
   x, y = colour_data(3)
-  suite = evaluation.run_suite(evaluation.from_keras(tiny_model()), x, y, cfg)
+  suite = suite_lib.run_suite(classifiers.from_keras(tiny_model()), x, y, cfg)
   headline = suite["results"]["robust_all"]
   assert headline["attacks"] == ["clean", "fgsm", "pgd"]
   assert headline["per_draw"] == [0.0, 0.0, 0.0, 0.0]
   planted["PGD-2"][3] = [1, 1, 0]  # now example 1 survives everything in pass 3
-  suite = evaluation.run_suite(evaluation.from_keras(tiny_model()), x, y, cfg)
+  suite = suite_lib.run_suite(classifiers.from_keras(tiny_model()), x, y, cfg)
   assert suite["results"]["robust_all"]["per_draw"] == [0, 0, 0, pytest.approx(1 / 3)]
   assert suite["results"]["fgsm"]["mean"] == pytest.approx(0.5)
   assert suite["per_example"]["pgd"].shape == (4, 3)

@@ -13,7 +13,7 @@ import rsr_tf  # noqa: F401
 import tf_keras as keras
 
 from rsr_tf import data
-from rsr_tf import evaluation
+from rsr_tf import classifiers
 from rsr_tf import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,7 +148,7 @@ def test_safe_mode_refuses_a_lambda_layer(model_files):
 
 
 def test_evaluation_takes_a_28x28_grayscale_model(model_files):
-  classifier = evaluation.load_classifier(model_files["mnist"])
+  classifier = classifiers.load_classifier(model_files["mnist"])
   assert classifier.input_shape == (28, 28, 1)
 
 
@@ -175,7 +175,7 @@ def test_images_are_converted_to_grayscale(tmp_path):
 def test_evaluation_refuses_wrong_model_files_in_one_line(model_files, kind,
                                                           expected):
   with pytest.raises(ValueError) as info:
-    evaluation.load_classifier(model_files[kind])
+    classifiers.load_classifier(model_files[kind])
   message = str(info.value)
   assert expected in message and "\n" not in message
 
