@@ -334,3 +334,73 @@ def test_the_headline_is_robust_only_if_every_attack_failed_in_the_pass(
   assert suite["results"]["fgsm"]["mean"] == pytest.approx(0.5)
   assert suite["per_example"]["pgd"].shape == (4, 3)
 
+
+
+# Each sanity check, run for real: a planted defect (in the attack or in the
+# model) makes it FAIL, and the honest twin PASSes. (check, attacks, defect):
+# defect(monkeypatch, model) plants it and returns the model to evaluate.
+def _attack_returns_x(name, when=lambda kw: True):
+  """A broken attack: hands back its input unchanged when `when(kwargs)`."""
+  def plant(monkeypatch, model):
+    from rsr_tf import apgd as apgd_lib  # noqa: E402
+    module = apgd_lib if name == "apgd" else attacks
+    real = getattr(module, name)
+    def broken(model_fn, x, y, *args, **kw):
+      return x if when(kw) else real(model_fn, x, y, *args, **kw)
+    monkeypatch.setattr(module, name, broken)
+    return model
+  return plant
+
+
+def _moves_x_at_eps_zero(monkeypatch, model):
+  real = attacks.pgd
+  # Swaps colour channels whatever eps is, as a wrong projection might.
+  monkeypatch.setattr(attacks, "pgd", lambda fn, x, y, **kw: tf.roll(
+      real(fn, x, y, **kw), 1, axis=-1))
+  return model
+
+
+def _masked(monkeypatch, model):
+  return _QuantisedInput(model)
+
+
+SANITY_CASES = [
+    ("eps = 0 reproduces clean accuracy", ("clean", "eps_sweep"),
+     _moves_x_at_eps_zero),
+    ("accuracy does not rise as eps grows", ("clean", "eps_sweep"),
+     _attack_returns_x("pgd", lambda kw: kw["eps"] > 0.22)),
+    ("PGD at the largest eps of the sweep brings accuracy to <= 5%",
+     ("clean", "eps_sweep"), _masked),
+    ("more PGD steps never help the model (PGD-strong <= PGD)",
+     ("clean", "pgd", "pgd_strong"),
+     _attack_returns_x("pgd", lambda kw: kw["steps"] > 10)),
+    ("iterative beats single-step (PGD <= FGSM)", ("clean", "fgsm", "pgd"),
+     _attack_returns_x("pgd")),
+    ("black-box queries are weaker than white-box (Square >= PGD, same images)",
+     ("clean", "pgd", "square"), _masked),
+    ("EOT does not help the model (EOT-PGD <= PGD)", ("clean", "pgd", "eot_pgd"),
+     _attack_returns_x("eot_pgd")),
+    ("APGD with EOT is at least as strong as PGD (APGD-CE <= PGD)",
+     ("clean", "pgd", "apgd_ce"), _attack_returns_x("apgd")),
+]
+
+
+@pytest.mark.parametrize("check, attack_set, defect", SANITY_CASES,
+                         ids=[c[0].split(" (")[0] for c in SANITY_CASES])
+def test_each_sanity_check_fails_on_a_planted_defect(deterministic, monkeypatch,
+                                                     check, attack_set, defect):
+  x, y = colour_data(32, seed=5)
+  cfg = config_lib.EvalConfig(attacks=attack_set, eps=0.3, step_size=0.1,
+                              steps=7, strong_steps=12, apgd_steps=5,
+                              eot_samples=2, square_queries=300,
+                              blackbox_limit=0, eps_sweep=(0.0, 0.2, 0.5),
+                              noise_draws=1, batch_size=32)
+
+  def status(model):
+    result = suite_lib.run_suite(classifiers.from_keras(model, num_classes=3),
+                                 x, y, cfg)
+    return {c["check"]: c["status"] for c in sanity.sanity_checks(result)}[check]
+
+  assert status(deterministic) == "PASS"
+  with monkeypatch.context() as patch:
+    assert status(defect(patch, deterministic)) == "FAIL"
