@@ -24,6 +24,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from rsr_tf import outputs  # noqa: E402  (no TensorFlow at import)
+from rsr_tf import registry  # noqa: E402
 from scripts import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,8 +34,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("at", "rsr_85", "pni_at", "at_prune_85", "natural", "rsr_50",
             "rsr_70", "rsr_95")
 TRANSFER_SOURCE = "at"
-EVAL_ATTACKS = ("clean", "fgsm", "pgd", "pgd_strong", "eot_pgd", "apgd_ce",
-                "apgd_dlr", "transfer", "spsa", "eps_sweep")
 STEPS = ("train", "evaluate", "collect")
 
 
@@ -54,9 +53,11 @@ def define_flags():
                     "CIFAR-10 sample shipped in the package (a smoke run).")
   flags.DEFINE_integer("eval_limit", 1000, "Held-out images per evaluation "
                        "(class-balanced).", lower_bound=1)
-  flags.DEFINE_list("attacks", list(EVAL_ATTACKS), "Attacks of the evaluation "
-                    "(scripts/evaluate.py --attacks); transfer is left out for "
-                    "the transfer source itself.")
+  flags.DEFINE_enum("preset", "cpu", list(registry.PRESETS), "Evaluation "
+                    "preset (scripts/evaluate.py --preset).")
+  flags.DEFINE_list("attacks", None, "Attacks of the evaluation (default: the "
+                    "preset's); transfer is left out for the transfer source "
+                    "itself.")
   flags.DEFINE_string("results_dir", "results", "Where the JSON files and "
                       "models are collected.")
 
@@ -121,7 +122,7 @@ def evaluate(variant):
   if os.path.exists(os.path.join(out, "eval.json")):
     print(f"{variant}: evaluated ({out}/eval.json)")
     return
-  attacks = list(FLAGS.attacks)
+  attacks = list(FLAGS.attacks or registry.PRESETS[FLAGS.preset]["attacks"])
   if not os.path.exists(_flagfile(TRANSFER_SOURCE)):
     _cli.fail(f"{variant}: the transfer source {TRANSFER_SOURCE} has no "
               f"flagfile {_flagfile(TRANSFER_SOURCE)}")
@@ -137,7 +138,8 @@ def evaluate(variant):
   _run([sys.executable, "scripts/evaluate.py",
         f"--model={os.path.join(_run_dir(variant), 'model.keras')}", *extra,
         *_data_flags(), f"--eval_limit={FLAGS.eval_limit}",
-        f"--attacks={','.join(attacks)}", f"--output_dir={out}"],
+        f"--preset={FLAGS.preset}", f"--attacks={','.join(attacks)}",
+        f"--output_dir={out}"],
        os.path.join(_run_dir(variant), "evaluate.log"))
 
 
@@ -178,7 +180,8 @@ def collect(variant):
   target = os.path.join(FLAGS.results_dir, FLAGS.budget, variant)
   copies = [(name, os.path.join(target, os.path.basename(name)))
             for name in ("metrics.json", "eval/eval.json", "eval/eval.md",
-                         "eval/per_example.npz")]
+                         "eval/per_example.npz", "eval/model_card.json",
+                         "eval/MODEL_CARD.md")]
   copies.append(("model.keras", os.path.join(
       FLAGS.results_dir, "models", FLAGS.budget, f"{variant}.keras")))
   copied = [(os.path.join(run_dir, name), to) for name, to in copies

@@ -83,7 +83,10 @@ def test_a_tiny_budget_trains_evaluates_and_collects(tmp_path):
   report = json.loads((tmp_path / "results" / "tiny" / "at" / "eval.json")
                       .read_text())
   # The baseline is its own transfer source, so it gets no transfer attack.
-  assert set(report["suite"]["results"]) == {"clean", "pgd"}
+  assert set(report["suite"]["results"]) == {"clean", "pgd", "robust_all"}
+  card = tmp_path / "results" / "tiny" / "at" / "model_card.json"
+  assert json.loads(card.read_text())["robust_accuracy_all_attacks"]["mean"] == (
+      report["suite"]["results"]["robust_all"]["mean"])
   assert (tmp_path / "results" / "models" / "tiny" / "at.keras").stat().st_size > 0
   assert "$ python scripts/train.py" in (tmp_path / "runs" / "at" / "train.log"
                                           ).read_text()
