@@ -8,7 +8,6 @@ model) as a function from [0, 1] images to logits.
 
 import dataclasses
 import gzip
-import math
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ from rsr_tf import litert
 from rsr_tf import models
 from rsr_tf import outputs
 from rsr_tf import pruning
+from rsr_tf import scoring
 
 FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
 ARTIFACT_NAMES = {
@@ -358,13 +358,13 @@ def _verify(fmt, classify, reference, images, labels, config, noisy,
                          "two invokes on the same images differ"))
     acc = _accuracy_over_draws(classify, images, labels, config.noise_draws)
     ref = reference["accuracy"]
-    spread = 2 * math.sqrt(acc["std"] ** 2 + ref["std"] ** 2)
-    tolerance = max(spread, 1.0 / len(labels))
+    n = len(labels)
+    tolerance = scoring.tolerance({**acc, "examples": n}, {**ref, "examples": n})
     gap = abs(acc["mean"] - ref["mean"])
     checks.append(_check(
         "accuracy matches Keras", gap, tolerance, gap <= tolerance,
-        "|mean - Keras mean| <= 2 * sqrt(std^2 + Keras std^2) (at least one "
-        "image)"))
+        "|mean - Keras mean| <= 2 * sqrt(std^2 + Keras std^2) + one image "
+        "(scoring.tolerance)"))
     return {"accuracy": acc}, checks
   checks.append(_check("deterministic", not present, True, not present,
                        "two invokes on the same images agree exactly"))
