@@ -93,7 +93,7 @@ def main(argv):
   _cli.quiet_tensorflow_startup()
   logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel it writes
   from rsr_tf import data as data_lib  # noqa: E402
-  from rsr_tf import exporter as export_lib  # noqa: E402
+  from rsr_tf import conversion  # noqa: E402
   from rsr_tf import layers as rsr_layers  # noqa: E402
   from rsr_tf import models  # noqa: E402
   from rsr_tf import outputs  # noqa: E402
@@ -110,8 +110,8 @@ def main(argv):
     reference = None
     for fmt in FORMATS:
       for sparse in (False, True):
-        content, _ = export_lib._convert_tflite(  # pylint: disable=protected-access
-            model, fmt, sparse, representative, noisy)
+        content, _ = conversion.convert_tflite(model, fmt, sparse,
+                                               representative, noisy)
         row = {"noise": "on" if noisy else "off", "format": fmt,
                "sparse_encoded": sparse, "bytes": len(content),
                "gzip_bytes": _gzip_bytes(content), **_contents(content)}

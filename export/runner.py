@@ -216,7 +216,7 @@ def read_labels(path):
     return [line.strip() for line in f if line.strip()]
 
 
-class _QuietNativeStderr:
+class QuietNativeStderr:
   """Mutes fd 2 while LiteRT loads, so a CLI error stays one line.
 
   LiteRT's native logger prints notices such as "INFO: Created TensorFlow Lite
@@ -253,7 +253,7 @@ def main(argv=None):
     npy = [p for p in args.inputs if p.endswith(".npy")]
     if npy and len(args.inputs) > 1:
       raise RunnerError("give either one .npy file or image files, not both")
-    with _QuietNativeStderr():
+    with QuietNativeStderr():
       classifier = Classifier(args.model, args.num_threads)
     labels, probabilities = classifier(npy[0] if npy else list(args.inputs))
     names = _label_names(args.labels, args.model, probabilities.shape[1])

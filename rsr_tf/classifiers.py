@@ -120,10 +120,10 @@ def load_classifier(path):
     except convert.ModelError as e:
       raise ValueError(str(e)) from None
   if path.endswith(".tflite"):
-    from rsr_tf import exporter as export  # noqa: E402  (heavy; only on use)
+    from rsr_tf import artifacts  # noqa: E402  (heavy; only on use)
     try:
-      predict = export.load_classifier(path)
-    except export.ExportError as e:
+      predict = artifacts.load_classifier(path)
+    except artifacts.ExportError as e:
       raise ValueError(str(e)) from e
     shape = tuple(predict.input_shape[1:])
     probe = predict(np.zeros((1,) + shape, np.float32))

@@ -1,10 +1,8 @@
 """TFLite artifacts through LiteRT: an interpreter that falls back, and weights read from the file.
 
-Nothing here imports TensorFlow: only numpy and `ai_edge_litert`.
+Nothing here imports TensorFlow: only numpy and `ai_edge_litert`. Latency is
+timed by `rsr_tf.latency.median_ms`, as for every other runtime.
 """
-
-import statistics
-import time
 
 import numpy as np
 from ai_edge_litert import interpreter as litert
@@ -33,18 +31,6 @@ def _names(enum_class):
 
 _OP_NAMES = _names(schema.BuiltinOperator)
 _TYPE_NAMES = _names(schema.TensorType)
-
-
-def median_latency_ms(fn, image, runs=50, warmup=3):
-  """Median wall time of `fn(image)` over `runs` calls after `warmup`, in ms."""
-  for _ in range(warmup):
-    fn(image)
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn(image)
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
 
 
 class Model:
@@ -115,10 +101,6 @@ class Model:
       raise ValueError("predict needs at least one image")
     return np.concatenate([self(images[i:i + batch_size])
                            for i in range(0, len(images), batch_size)])
-
-  def latency_ms(self, image, runs=50, warmup=3):
-    """Median wall time of one batch-1 invoke on `image` [1, ...], in ms."""
-    return median_latency_ms(self, image, runs, warmup)
 
 
 def first_line(error):

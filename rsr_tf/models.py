@@ -6,6 +6,7 @@ import rsr_tf  # noqa: F401
 import numpy as np
 import tf_keras as keras
 
+from rsr_tf import channels
 from rsr_tf import layers as rsr_layers
 from rsr_tf import regularizers
 
@@ -169,7 +170,7 @@ def build(name, num_classes=10, noise="channel", alpha_init=0.25,
 
 # Everything a saved rsr_tf model may name; passed explicitly so loading does
 # not depend on which rsr_tf modules happen to be imported already.
-CUSTOM_OBJECTS = {**rsr_layers.CUSTOM_OBJECTS,
+CUSTOM_OBJECTS = {**rsr_layers.CUSTOM_OBJECTS, **channels.CUSTOM_OBJECTS,
                   "KernelPenalty": regularizers.KernelPenalty}
 
 

@@ -98,6 +98,7 @@ def main(argv):
   # tf.saved_model.save logs every asset and fingerprint it writes at INFO.
   absl_logging.set_verbosity(absl_logging.WARNING)
   from rsr_tf import data as data_lib  # noqa: E402
+  from rsr_tf import export_report  # noqa: E402
   from rsr_tf import exporter as export_lib  # noqa: E402
   config = export_lib.ExportConfig(
       formats=tuple(dict.fromkeys(FLAGS.formats)), sparse=FLAGS.sparse,
@@ -119,7 +120,7 @@ def main(argv):
         data_source=dataset.source)
   except (data_lib.DataError, export_lib.ExportError, ValueError) as e:
     _cli.fail(str(e))
-  print(export_lib.format_table(report))
+  print(export_report.format_table(report))
   if not report["passed"]:
     failed = ", ".join(f"{c['artifact']} {c['check']}"
                        for c in report["failed_checks"])

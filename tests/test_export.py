@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import export_helpers
+from rsr_tf import artifacts
 from rsr_tf import exporter as export_lib
 from rsr_tf import outputs
 from rsr_tf import layers as rsr_layers
@@ -138,19 +139,19 @@ def test_load_classifier_runs_every_kind_of_artifact(noise_off, model_path,
                                                      dataset):
   out, report = noise_off
   images = dataset.test.images[:20].astype(np.float32) / 255
-  model = export_lib.load_classifier(model_path)
+  model = artifacts.load_classifier(model_path)
   with pytest.raises(AssertionError):  # the .keras file keeps its noise
     np.testing.assert_array_equal(model(images), model(images))
-  saved = export_lib.load_classifier(str(out / "saved_model"))(images)
-  tflite = export_lib.load_classifier(str(out / "model_float.tflite"),
-                                      batch_size=7)(images)
-  int8 = export_lib.load_classifier(str(out / "model_int8.tflite"))
+  saved = artifacts.load_classifier(str(out / "saved_model"))(images)
+  tflite = artifacts.load_classifier(str(out / "model_float.tflite"),
+                                     batch_size=7)(images)
+  int8 = artifacts.load_classifier(str(out / "model_int8.tflite"))
   assert int8.op_resolver == litert.FALLBACK_RESOLVER
   assert saved.shape == tflite.shape == (20, 3)
   np.testing.assert_allclose(saved, tflite, atol=1e-4)
   np.testing.assert_array_equal(int8(images).argmax(-1), saved.argmax(-1))
   with pytest.raises(export_lib.ExportError, match="expected a .keras"):
-    export_lib.load_classifier(str(out / "labels.txt"))
+    artifacts.load_classifier(str(out / "labels.txt"))
 
 
 def test_a_failed_check_leaves_the_output_dir_untouched(model_path, dataset,

@@ -10,8 +10,10 @@ SCRIPT = os.path.join(ROOT, "scripts", "reproduce.py")
 
 
 def _run(*args, timeout=60):
+  # tests/ on the path: the tiny budget trains a model of tests/user_models.py.
+  env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
   return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
+                        text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def _budget(tmp_path, variants, **extra):
@@ -72,7 +74,9 @@ def test_evaluate_needs_the_transfer_source(tmp_path):
 
 
 def test_a_tiny_budget_trains_evaluates_and_collects(tmp_path):
-  tiny = ["--model=resnet20", "--train_limit=128", "--batch_size=64",
+  # A small model of the user's own (tests/user_models.py): the subject is
+  # the pipeline, not the network, and a ResNet takes several times longer.
+  tiny = ["--model=user_models:small_cnn", "--train_limit=128", "--batch_size=64",
           "--epochs=1", "--pgd_steps=1", "--eps_step=8", "--eval_noise_draws=1",
           "--eval_limit=32"]
   args = _budget(tmp_path, ["at"], at=tiny + ["--noise=none",

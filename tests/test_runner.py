@@ -12,7 +12,7 @@ from PIL import Image
 
 import export_helpers
 from export import runner
-from rsr_tf import exporter as export_lib
+from rsr_tf import artifacts
 from rsr_tf import layers as rsr_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ class _Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Block())
 sys.path.insert(0, {root!r})
 from export.runner import classify, Classifier
-import rsr_tf.litert  # the measuring helpers need no TensorFlow either
+import rsr_tf.latency, rsr_tf.litert  # the measuring helpers need no TensorFlow either
 labels, probabilities = classify({model!r}, {images!r})
 resolver = Classifier({model!r}).op_resolver
 assert 'tensorflow' not in sys.modules, 'tensorflow was imported'
@@ -72,7 +72,7 @@ def test_classifies_a_npy_batch_without_tensorflow(models_dir, images, name,
   batch, labels = images
   np.save(tmp_path / "batch.npy", batch)
   out = _no_tensorflow(models_dir / f"{name}.tflite", str(tmp_path / "batch.npy"))
-  expected = export_lib.load_classifier(str(models_dir / f"{name}.tflite"))(batch)
+  expected = artifacts.load_classifier(str(models_dir / f"{name}.tflite"))(batch)
   np.testing.assert_allclose(out["probabilities"], runner.softmax(expected),
                              atol=1e-5)
   assert out["labels"] == expected.argmax(-1).tolist() == labels.tolist()
@@ -146,3 +146,26 @@ def test_cli_rejects_wrong_shape_in_one_line(models_dir, images, tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == ("runner.py: error: images must have shape "
                                    "[N, 32, 32, 3], got [12, 16, 32, 3]")
+
+
+def test_demo_deploy_classifies_held_out_images_and_times_the_runner(
+    models_dir, tmp_path):
+  # The last step of `make demo`, on the tiny model: PNGs written, the
+  # runner's lines passed through, then size and latency.
+  image_dir = tmp_path / "images"
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "demo_deploy.py"),
+       f"--tflite={models_dir / 'dense.tflite'}", f"--image_dir={image_dir}",
+       "--count=3", "--latency_runs=2"],
+      capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(os.listdir(image_dir)) == [
+      "00_airplane.png", "01_automobile.png", "02_bird.png"]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith("$ python export/runner.py")
+  assert [line.split("\t")[0] for line in lines[1:4]] == [
+      str(image_dir / name) for name in sorted(os.listdir(image_dir))]
+  assert lines[4] == (f"deployed: {models_dir / 'dense.tflite'}, "
+                      f"{(models_dir / 'dense.tflite').stat().st_size / 1024:.1f} KiB")
+  assert lines[5].startswith("runner: 0 of 3 held-out images right")
+  assert "ms per image (median of 2 batch-1 invokes, 1 thread, AUTO)" in lines[5]

@@ -67,7 +67,7 @@ def test_help_lists_the_flags():
 
 def test_tiny_end_to_end_run_writes_measured_outputs(tmp_path):
   out = tmp_path / "run"
-  result = _run("--embedded_sample", "--train_limit=128", "--eval_limit=64",
+  result = _run(SMALL, "--embedded_sample", "--train_limit=128", "--eval_limit=64",
                 "--batch_size=64", "--epochs=1", "--finetune_epochs=1",
                 "--pgd_steps=2", "--eps_step=4", "--target_sparsity=0.6",
                 "--eval_noise_draws=2", "--mixed_precision=mixed_bfloat16",
