@@ -117,14 +117,17 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
   import signal
   import time
   out = tmp_path / "resume"
-  args = [sys.executable, SCRIPT, "--embedded_sample", "--train_limit=128",
-          "--eval_limit=32", "--batch_size=64", "--epochs=6",
+  # The small model runs an epoch in well under a second once traced, so
+  # there are many epochs to land the kill in.
+  epochs = 30
+  args = [sys.executable, SCRIPT, SMALL, "--embedded_sample", "--train_limit=128",
+          "--eval_limit=32", "--batch_size=64", f"--epochs={epochs}",
           "--prune_schedule=polynomial", "--target_sparsity=0.5",
-          "--prune_end_epoch=6", "--prune_frequency=1", "--finetune_epochs=0",
-          "--pgd_steps=1",
+          f"--prune_end_epoch={epochs}", "--prune_frequency=1",
+          "--finetune_epochs=0", "--pgd_steps=1",
           "--eps_step=8", "--eval_noise_draws=1", f"--output_dir={out}"]
   process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, env=ENV)
   index = out / "checkpoints" / "train" / "checkpoint"
   deadline = time.time() + 300
   while not index.exists() and time.time() < deadline and process.poll() is None:
@@ -135,17 +138,19 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
   assert index.exists(), "no checkpoint was written before the kill"
 
   result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
-                          timeout=400)
+                          timeout=400, env=ENV)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "train: resuming after epoch" in result.stderr
   metrics = json.loads((out / "metrics.json").read_text())
-  assert len(metrics["history"]["loss"]) == 6, "every epoch once, across both runs"
-  assert len(metrics["training_images_per_second"]["train"]) < 6
-  # A restarted step would end at the schedule's epoch-5 value, 0.495.
+  assert len(metrics["history"]["loss"]) == epochs, "every epoch once, across both runs"
+  assert len(metrics["training_images_per_second"]["train"]) < epochs
+  # A restarted step would end below the target (the schedule's value at
+  # the step it restarted from, plus the epochs since).
   assert abs(metrics["sparsity"]["overall"] - 0.5) < 1e-3, metrics["sparsity"]
 
   changed = subprocess.run(args[:-1] + ["--lr=0.5", f"--output_dir={out}"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env=ENV)
   assert changed.returncode != 0
   assert "different configuration" in changed.stderr.strip().splitlines()[-1]
 
