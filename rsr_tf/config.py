@@ -13,6 +13,8 @@ NOISE_MODES = ("none", "layer", "channel", "element")
 # reads, or only the weights a pruning mask kept (the zeros shrink it).
 NOISE_STD = ("all", "kept")
 PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
+# Single weights (masks) or whole filters (a physically narrower model).
+PRUNE_STRUCTURES = ("unstructured", "channel")
 LR_SCHEDULES = ("per_phase", "step", "cosine")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 # tf.distribute strategies by name; rsr_tf.distribute builds them.
@@ -224,6 +226,9 @@ class PruneConfig:
   frequency: int = 100  # mask updates, in training forward passes
   # PNI-W's sigma after pruning: std over "all" kernel weights or the "kept".
   noise_std: str = "all"
+  # "channel": `target_sparsity` is the fraction of prunable MACs removed
+  # with whole filters, and the model is rebuilt narrower.
+  structure: str = "unstructured"
 
   def validate(self, epochs):
     _require(self.schedule in PRUNE_SCHEDULES,
@@ -236,6 +241,11 @@ class PruneConfig:
     _require(self.noise_std in NOISE_STD,
              f"--noise_std must be one of {', '.join(NOISE_STD)}, got "
              f"{self.noise_std!r}")
+    _require(self.structure in PRUNE_STRUCTURES, f"--prune_structure must be "
+             f"one of {', '.join(PRUNE_STRUCTURES)}, got {self.structure!r}")
+    _require(self.structure == "unstructured" or self.schedule == "oneshot",
+             "--prune_structure=channel prunes once after training: it needs "
+             "--prune_schedule=oneshot")
     if self.schedule == "polynomial":
       end = self.end_epoch or epochs
       _require(0 <= self.begin_epoch < end <= epochs,
@@ -356,6 +366,7 @@ _LATER_FIELDS = ((("init_from",), ""), (("prune", "noise_std"), "all"),
                  (("optimizer", "lr_schedule"), "per_phase"),
                  (("optimizer", "lr_milestone_epochs"), []),
                  (("data", "validation_size"), 0),
+                 (("prune", "structure"), "unstructured"),
                  (("validation_pgd_steps",), 0),
                  (("validation_step_size",), 2 / 255))
 

@@ -12,6 +12,7 @@ import rsr_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+from rsr_tf import channels
 from rsr_tf import config as config_lib
 from rsr_tf import data as data_lib
 from rsr_tf import distribute
@@ -165,7 +166,8 @@ def _train_and_prune(config, build, train_ds, validation_ds):
         finetune_epochs=opt.finetune_epochs, prune_schedule=prune.schedule,
         prune_begin_epoch=prune.begin_epoch,
         prune_end_epoch=prune.end_epoch or None,
-        prune_frequency=prune.frequency, lambda_l1=loss.lambda_l1,
+        prune_frequency=prune.frequency, prune_structure=prune.structure,
+        lambda_l1=loss.lambda_l1,
         lambda_group=loss.lambda_group, weight_decay=loss.weight_decay,
         eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
         rand_init=attack.rand_init, adversarial=loss.adversarial,
@@ -268,6 +270,8 @@ def run(config, argv=None):
     # batch-norm statistics are all-reduced on reading.
     keras.mixed_precision.set_global_policy("float32")
     plain_model = build()
+    if result.channel_plan:  # the same narrow architecture, then its weights
+      plain_model = channels.rebuild(plain_model, result.channel_plan)
     plain_model.set_weights(final.get_weights())
     final = plain_model
   if not chief:
@@ -292,6 +296,14 @@ def run(config, argv=None):
               "labels": "true", "model_mode": "inference, noise on"},
       "sparsity": sparsity,
       "oneshot_layer_sparsity": layer_sparsity,
+      "channels": None if not result.channel_plan else {
+          "macs_before": result.channel_plan.macs_before,
+          "macs_after": result.channel_plan.macs_after,
+          "macs_removed": result.channel_plan.macs_removed,
+          "params_before": result.channel_plan.params_before,
+          "params_after": result.channel_plan.params_after,
+          "widths": {k: list(v) for k, v in result.channel_plan.widths.items()},
+          "kept_whole": list(result.channel_plan.skipped)},
       "mean_alpha": (float(sum(a.sum() for a in alphas)
                            / sum(a.size for a in alphas)) if alphas else None),
       "alpha_per_layer": {layer.name: float(layer.alpha.numpy().mean())

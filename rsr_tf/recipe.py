@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from rsr_tf import channels
 from rsr_tf import config as config_lib
 from rsr_tf import convert
 from rsr_tf import layers as rsr_layers
@@ -16,6 +17,7 @@ from rsr_tf import pruning
 from rsr_tf import training
 
 PRUNE_SCHEDULES = config_lib.PRUNE_SCHEDULES
+PRUNE_STRUCTURES = config_lib.PRUNE_STRUCTURES
 
 
 class TrainingError(RuntimeError):
@@ -56,6 +58,7 @@ class RSRResult:
     layer_sparsity: the one-shot prune's per-layer fractions, or None.
     images_per_second: {phase: [training images/s per epoch trained]}.
     stopped_early: the phases a callback stopped before their last epoch.
+    channel_plan: the `channels.ChannelPlan` of a channel prune, else None.
     after_prune: validation metrics (clean_accuracy, pgd_accuracy, ...) of
       the one-shot pruned model before fine-tuning; None without validation
       data, without fine-tuning, or when fine-tuning resumed.
@@ -68,6 +71,7 @@ class RSRResult:
   images_per_second: dict
   stopped_early: list
   after_prune: Optional[dict] = None
+  channel_plan: Optional[object] = None
 
 
 def _check(ok, message):
@@ -105,7 +109,8 @@ def _steps_per_epoch(dataset, steps_per_epoch):
 
 def train_rsr(model, train_data, validation_data=None, *, epochs=160,
               target_sparsity=0.85, finetune_epochs=None,
-              prune_schedule="oneshot", prune_begin_epoch=0,
+              prune_schedule="oneshot", prune_structure="unstructured",
+              channel_multiple=8, prune_begin_epoch=0,
               prune_end_epoch=None, prune_frequency=100,
               lambda_l1=5e-6, lambda_group=0.0, weight_decay=3e-4,
               eps=8 / 255, step_size=2 / 255, steps=7, rand_init=True,
@@ -173,6 +178,14 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
     finetune_epochs: phase-2 epochs; None: an eighth of `epochs` (the
       paper's 20 of 160) when pruning.
     prune_schedule: "oneshot" (the paper), "polynomial" or "none".
+    prune_structure: "unstructured" (the paper: single weights, masks fixed)
+      or "channel" (one-shot only): whole filters, chosen by
+      `rsr_tf.channels.plan` until `target_sparsity` of the prunable MACs is
+      gone, and the model rebuilt physically narrower (`channels.rebuild`);
+      phase 2 fine-tunes the narrow model, and `RSRResult.channel_plan`
+      says what was removed. Pair it with `lambda_group`, which drives
+      whole filters toward zero in phase 1.
+    channel_multiple: kept widths are rounded up to multiples of this.
     prune_begin_epoch, prune_end_epoch, prune_frequency: the polynomial
       schedule (end None: the last epoch; frequency in training calls).
     lambda_l1, lambda_group, weight_decay: the kernel penalty.
@@ -219,6 +232,12 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
     ValueError: an argument out of range.
     TrainingError: the loss stopped being finite.
   """
+  _check(prune_structure in PRUNE_STRUCTURES,
+         f"prune_structure must be one of {', '.join(PRUNE_STRUCTURES)}, got "
+         f"{prune_structure!r}")
+  _check(prune_structure == "unstructured" or prune_schedule == "oneshot",
+         "prune_structure='channel' prunes once, after phase 1: it needs "
+         "prune_schedule='oneshot'")
   _check(prune_schedule in PRUNE_SCHEDULES,
          f"prune_schedule must be one of {', '.join(PRUNE_SCHEDULES)}, got "
          f"{prune_schedule!r}")
@@ -320,15 +339,25 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
   rates = {"train": fit("train", backbone, training.sgd(schedule, momentum),
                         0, epochs)}
 
-  layer_sparsity = None
-  if prune_schedule == "oneshot":
+  layer_sparsity = channel_plan = None
+  if prune_schedule == "oneshot" and prune_structure == "channel":
+    channel_plan = channels.plan(backbone, target_sparsity,
+                                 multiple=channel_multiple)
+    backbone = channels.rebuild(backbone, channel_plan)
+    log(f"pruning: {channel_plan.macs_removed:.0%} of the conv/dense MACs "
+        f"removed by one global filter threshold ({channel_plan.params_before:,}"
+        f" -> {channel_plan.params_after:,} parameters); widths " + ", ".join(
+            f"{k} {a}->{b}" for k, (a, b) in channel_plan.widths.items() if a != b)
+        + (f"; kept whole: {len(channel_plan.skipped)} conv(s)"
+           if channel_plan.skipped else ""))
+  elif prune_schedule == "oneshot":
     layer_sparsity = pruning.global_magnitude_sparsities(backbone,
                                                          target_sparsity)
     backbone = pruning.prune_global(backbone, target_sparsity)
     log(f"pruning: one global magnitude threshold for {target_sparsity:.0%}, "
         "masks fixed from here; per layer: " + ", ".join(
             f"{k} {v:.2f}" for k, v in layer_sparsity.items()))
-  if prune_schedule != "none" and noise_std != "all":
+  if prune_schedule != "none" and noise_std != "all" and not channel_plan:
     rsr_layers.set_noise_std(backbone, noise_std)
     log(f"noise: sigma over the {noise_std} weights of each kernel from here")
   if finetune_epochs:
@@ -342,7 +371,7 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
                    sparsity=pruning.measured_sparsity(final),
                    layer_sparsity=layer_sparsity, images_per_second=rates,
                    stopped_early=history.stopped_early,
-                   after_prune=after_prune or None)
+                   after_prune=after_prune or None, channel_plan=channel_plan)
 
 
 LR_SCHEDULES = config_lib.LR_SCHEDULES

@@ -100,6 +100,12 @@ def define_flags():
                     "oneshot: global magnitude threshold after training, then "
                     "fine-tune (the paper); polynomial: tfmot's gradual "
                     "schedule; none: dense.")
+  flags.DEFINE_enum("prune_structure", "unstructured",
+                    list(config_lib.PRUNE_STRUCTURES), "unstructured: single "
+                    "weights (the paper). channel: whole filters, until "
+                    "--target_sparsity of the prunable MACs is gone, and the "
+                    "model rebuilt physically narrower, so it runs faster "
+                    "(one-shot only; pair with --lambda_group).")
   flags.DEFINE_float("target_sparsity", 0.85, "Fraction of conv/dense weights "
                      "removed, in [0, 1).")
   flags.DEFINE_integer("prune_begin_epoch", 0, "polynomial: first pruning epoch.",
@@ -189,7 +195,8 @@ def config_from_flags():
       prune=config_lib.PruneConfig(
           schedule=FLAGS.prune_schedule, target_sparsity=FLAGS.target_sparsity,
           begin_epoch=FLAGS.prune_begin_epoch, end_epoch=FLAGS.prune_end_epoch,
-          frequency=FLAGS.prune_frequency, noise_std=FLAGS.noise_std),
+          frequency=FLAGS.prune_frequency, noise_std=FLAGS.noise_std,
+          structure=FLAGS.prune_structure),
       output_dir=FLAGS.output_dir,
       eval_noise_draws=FLAGS.eval_noise_draws,
       seed=FLAGS.seed,

@@ -184,6 +184,23 @@ def test_noise_std_kept_is_a_phase_two_setting():
   assert {l.noise_std for l in rsr_layers.noisy_layers(result.model)} == {"kept"}
 
 
+def test_channel_pruning_fine_tunes_a_narrower_model():
+  keras.utils.set_random_seed(0)
+  model = user_models.wide_cnn((28, 28, 1), 5)  # 32 wide: 8-wide steps can cut
+  result = rsr_tf.train_rsr(model, band_data(64, 0), epochs=1, finetune_epochs=1,
+                            steps=1, batch_size=32, prune_structure="channel",
+                            target_sparsity=0.3, lambda_group=1e-3, verbose=0)
+  plan = result.channel_plan
+  assert plan.macs_removed >= 0.3 and plan.params_after < plan.params_before
+  assert result.model.count_params() < model.count_params()
+  assert not pruning.is_pruned(result.model)
+  assert result.epochs == [0, 1]  # fine-tuned, on the narrow model
+  assert result.model(band_data(4, 1)[0]).shape == (4, 5)
+  with pytest.raises(ValueError, match="needs prune_schedule='oneshot'"):
+    rsr_tf.train_rsr(model, band_data(64, 0), epochs=1, prune_structure="channel",
+                     prune_schedule="polynomial", verbose=0)
+
+
 def test_early_stopping_in_phase_one_still_prunes_and_fine_tunes():
   keras.utils.set_random_seed(0)
   stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0,

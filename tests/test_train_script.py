@@ -44,6 +44,8 @@ def _error_lines(result):
     (["--channels=2"], "--channels"),
     (["--validation_pgd_steps=7", "--validation_eps_step=9"],
      "--validation_eps_step"),
+    (["--prune_structure=channel", "--prune_schedule=polynomial"],
+     "--prune_structure=channel prunes once"),
     (["--lr_schedule=step"], "--lr_milestone_epochs must be increasing epochs"),
     (["--lr_schedule=step", "--lr_milestone_epochs=x"], "--lr_milestone_epochs"),
     (["--batch_size=64", "--train_limit=10"], "smaller than one batch"),
@@ -247,3 +249,20 @@ def test_a_factory_model_trains_on_a_40x40_grayscale_folder(tmp_path):
   assert bad.returncode != 0
   assert _error_lines(bad) == [line for line in bad.stderr.splitlines()
                                if "no_such_factory" in line]
+
+
+def test_channel_pruning_through_the_script_saves_a_narrower_model(tmp_path):
+  out = tmp_path / "channel"
+  result = _run("--model=user_models:wide_cnn", "--embedded_sample",
+                "--train_limit=128", "--eval_limit=32", "--batch_size=64",
+                "--epochs=1", "--finetune_epochs=1", "--pgd_steps=1",
+                "--eps_step=8", "--eval_noise_draws=1", "--lambda_group=1e-3",
+                "--prune_structure=channel", "--target_sparsity=0.4",
+                f"--output_dir={out}", timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  plan = metrics["channels"]
+  assert plan["macs_removed"] >= 0.4 and plan["params_after"] < plan["params_before"]
+  from rsr_tf import models  # noqa: E402
+  model = models.load(str(out / "model.keras"))  # the narrow model, folds and all
+  assert model.count_params() == metrics["parameters"] < plan["params_before"]

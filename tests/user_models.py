@@ -17,6 +17,18 @@ def small_cnn(input_shape, num_classes):
   return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
+def wide_cnn(input_shape, num_classes):
+  """Convs 32 wide, batch norm after each: channel pruning has room to cut."""
+  inputs = keras.Input(input_shape)
+  x = inputs
+  for strides in (2, 1):
+    x = keras.layers.Conv2D(32, 3, strides=strides, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
 def gray_5_class(softmax=False):
   """28x28x1 in, 5 classes: Conv2D, DepthwiseConv2D, batch norm, Dense head."""
   inputs = keras.Input((28, 28, 1))
