@@ -200,3 +200,22 @@ def sweep(values, series, reference, path, xlabel, title=""):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, title="dashed: the reference run")
   _save_atomic(figure, path)
+
+
+def latency_vs_accuracy(points, path, ylabel="accuracy (%)", title=""):
+  """Accuracy against batch-1 latency, one labelled point per artifact.
+
+  Args:
+    points: [(label, latency in ms, accuracy in [0, 1])].
+    path: the .png to write.
+    ylabel, title: axis label and figure title.
+  """
+  figure, ax = plt.subplots(figsize=(8, 5))
+  for i, (label, ms, accuracy) in enumerate(points):
+    ax.scatter([ms], [100 * accuracy], color=f"C{i % 10}", label=label)
+  ax.set_xscale("log")
+  ax.set(xlabel="LiteRT latency at batch 1 (ms, log scale)", ylabel=ylabel,
+         title=title or "cost against robustness")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  _save_atomic(figure, path)
