@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 # RSR on the 2,000/500-image CIFAR-10 sample inside the package, then deployment:
 # int8 TFLite checked against Keras, and held-out images classified by the
-# TensorFlow-free runner. Offline, ~5 min on 2 cores.
+# TensorFlow-free runner. Offline; the deployment part adds about a minute on 2 cores.
 demo: $(STAMP)
 	$(PY) scripts/train.py --embedded_sample --model=resnet20 --noise=channel \
 	  --epochs=6 --adv_delay_epochs=1 --lr=0.05 --prune_schedule=oneshot \
