@@ -180,7 +180,8 @@ def run_suite(target, x, y, config, source=None):
       if c.sequential:
         robust = correct if robust is None else robust & correct
     correct_of[name] = correct
-    results[name] = entry(correct, kind=attack.kind, eps=c.eps,
+    results[name] = entry(correct, kind=attack.kind,
+                          eps=0.0 if attack.kind == registry.CLEAN else c.eps,
                           crafted=attack.crafted,
                           seconds=time.perf_counter() - started,
                           **attack.budget(ctx),
