@@ -2,8 +2,11 @@
 
 A noisy layer's filter `w + alpha * eta * (w != 0)` is drawn at run time, so
 the converter never sees a constant it could quantise or sparse-encode. For
-TFLite each noisy layer is traced split, `conv(x, w) + conv(x, noise)`
-(`rsr_tf.layers.set_noise_split`), which leaves `w` a constant.
+the quantised and sparse TFLite files each noisy layer is traced split,
+`conv(x, w) + conv(x, noise)` (`rsr_tf.layers.set_noise_split`), which
+leaves `w` a constant; plain float keeps one `conv(x, w + noise)`, half the
+convolutions. Every TFLite file draws normals for the kept weights only
+(`rsr_tf.layers.set_kept_draw`): the random op is what noise costs.
 """
 
 import rsr_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -92,13 +95,15 @@ def convert_tflite(model, fmt, sparse, representative, noisy):
     fmt: "tflite_float", "tflite_dynamic" or "tflite_int8".
     sparse: add `tf.lite.Optimize.EXPERIMENTAL_SPARSITY`.
     representative: float32 images [N, H, W, C] to calibrate int8 on.
-    noisy: trace each noisy layer split, so `w` stays a constant the
-      converter can quantise and sparse-encode.
+    noisy: the model keeps its PNI noise: draw it for the kept weights
+      only, and where `w` must stay a constant the converter can quantise
+      or sparse-encode, trace each noisy layer split.
 
   Raises:
     ExportError: the converter failed.
   """
-  rsr_layers.set_noise_split(model, noisy)
+  rsr_layers.set_kept_draw(model, noisy)
+  rsr_layers.set_noise_split(model, noisy and (fmt in QUANTIZED or sparse))
   try:
     return _convert_tflite_split(model, fmt, sparse, representative)
   except Exception as e:  # the converter's own error types are private
@@ -106,6 +111,7 @@ def convert_tflite(model, fmt, sparse, representative, noisy):
                       f"{litert.first_line(e)}") from e
   finally:
     rsr_layers.set_noise_split(model, False)
+    rsr_layers.set_kept_draw(model, False)
 
 
 def _convert_tflite_split(model, fmt, sparse, representative):

@@ -184,6 +184,17 @@ def random_seeds(content):
   return sorted(seeds)
 
 
+def random_draws(content):
+  """Random numbers the model draws per invoke: the summed sizes of its random ops."""
+  model = read_model(content)
+  total = 0
+  for graph in model.subgraphs:
+    for op in graph.operators or []:
+      if isinstance(op.builtinOptions, schema.RandomOptionsT):
+        total += int(np.prod(graph.tensors[op.outputs[0]].shape))
+  return total
+
+
 def output_step(content):
   """Logit resolution of a model whose float output is dequantised int8.
 

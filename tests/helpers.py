@@ -1,4 +1,6 @@
-"""Tiny noisy models and synthetic data, so tests stay fast."""
+"""Tiny noisy models, synthetic data and a normality check, so tests stay fast."""
+
+import math
 
 import rsr_tf  # noqa: F401
 import numpy as np
@@ -30,3 +32,17 @@ def colour_data(n=96, num_classes=3, seed=0):
   images = rng.uniform(0.0, 0.4, (n, 8, 8, 3)).astype(np.float32)
   images[np.arange(n), :, :, labels] += 0.5
   return images, labels.astype(np.int64)
+
+
+def normal_ks_distance(samples):
+  """Kolmogorov-Smirnov distance between `samples` and N(0, 1)."""
+  x = np.sort(np.asarray(samples, np.float64).ravel())
+  cdf = 0.5 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x]))
+  n = x.size
+  return float(max(np.max(np.arange(1, n + 1) / n - cdf),
+                   np.max(cdf - np.arange(n) / n)))
+
+
+def normal_ks_bound(n):
+  """The KS distance N(0, 1) samples exceed with probability 0.001 (n large)."""
+  return 1.95 / math.sqrt(n)

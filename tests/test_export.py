@@ -11,7 +11,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 import export_helpers
+import helpers
 from rsr_tf import artifacts
+from rsr_tf import conversion
 from rsr_tf import exporter as export_lib
 from rsr_tf import outputs
 from rsr_tf import layers as rsr_layers
@@ -227,6 +229,38 @@ def test_split_noise_path_matches_the_noisy_kernel_in_distribution():
                              fused.std(0)[:, 8:].mean(), rtol=0.05)
   layer.noise_enabled = False
   np.testing.assert_array_equal(layer(x).numpy(), clean)
+
+
+@pytest.mark.parametrize("fmt", ["tflite_float", "tflite_dynamic"])
+def test_exported_noise_keeps_its_distribution(fmt):
+  # 64 x 48 weights: above the converter's 1,024 for dynamic-range weights.
+  inputs, units = 64, 48
+  layer = rsr_layers.NoisyDense(units, noise="channel", use_bias=False)
+  model = keras.Sequential([keras.Input((inputs,)), layer])
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(0, 0.1, (inputs, units)) * (
+      rng.uniform(size=(inputs, units)) < 0.3)
+  kernel[:, 0] = 0.0
+  layer.kernel.assign(kernel.astype(np.float32))
+  layer.alpha.assign(np.linspace(0.2, 0.8, units).astype(np.float32))
+  kept = kernel != 0
+  content = conversion.convert_tflite(model, fmt, sparse=False,
+                                      representative=None, noisy=True)[0]
+  # One normal per kept weight is drawn, not one per weight.
+  assert litert.random_draws(content) == kept.sum()
+  interpreter = litert.Model(model_content=content)
+  # The identity batch reads the noisy kernel row by row: one draw per invoke.
+  eye = np.eye(inputs, dtype=np.float32)
+  draws = np.stack([interpreter(eye) for _ in range(150)])
+  np.testing.assert_array_equal(draws[:, ~kept], 0.0)
+  scale = layer.alpha.numpy() * kernel.astype(np.float32).std()
+  # Centred on each weight's mean over the draws, which absorbs int8 weight
+  # rounding; sqrt(n / (n - 1)) restores the variance the centring removes.
+  centred = (draws - draws.mean(0)) * np.sqrt(len(draws) / (len(draws) - 1))
+  z = (centred / scale)[:, kept]
+  bound = helpers.normal_ks_bound(z.size)
+  assert helpers.normal_ks_distance(z) < bound
+  assert helpers.normal_ks_distance(1.1 * z) > bound
 
 
 def _run(*args, timeout=120):

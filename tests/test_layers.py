@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+import helpers
 from helpers import tiny_model
 from rsr_tf import layers as rsr_layers
 from rsr_tf import models
@@ -178,3 +179,49 @@ def test_noise_std_is_a_saved_switch():
       "models saved before the switch keep the formula's sigma"
   with pytest.raises(ValueError, match="noise_std must be one of all, kept"):
     rsr_layers.NoisyDense(3, noise_std="some")
+
+
+def _pruned_dense(units=40, inputs=50, keep=0.3):
+  """A NoisyDense with 70% of its kernel zero, output 0 all zero, alphas varied."""
+  layer = _dense(units=units, inputs=inputs)
+  rng = np.random.default_rng(1)
+  kernel = layer.kernel.numpy() * (rng.uniform(size=(inputs, units)) < keep)
+  kernel[:, 0] = 0.0
+  layer.kernel.assign(kernel)
+  layer.alpha.assign(np.linspace(0.1, 0.6, units).astype(np.float32))
+  return layer, kernel != 0
+
+
+def _standardised_noise(layer, kept, draws):
+  """`draws` noise terms of `layer`, kept weights divided by alpha * std(w)."""
+  kernel = tf.convert_to_tensor(layer.kernel)
+  noise = np.stack([layer.noise_term(kernel).numpy() for _ in range(draws)])
+  scale = layer.alpha.numpy() * float(rsr_layers.kernel_std(kernel))
+  return noise, (noise / scale)[:, kept]
+
+
+@pytest.mark.parametrize("kept_draw", [False, True])
+def test_kept_draw_keeps_the_distribution_of_the_noise(kept_draw):
+  layer, kept = _pruned_dense()
+  layer.kept_draw = kept_draw
+  noise, z = _standardised_noise(layer, kept, draws=40)
+  np.testing.assert_array_equal(noise[:, ~kept], 0.0)
+  bound = helpers.normal_ks_bound(z.size)
+  assert helpers.normal_ks_distance(z) < bound
+  # The check can fail: a noise scale 10% off is caught.
+  assert helpers.normal_ks_distance(1.1 * z) > bound
+  # Independent draws: neighbouring kept weights, and one weight across calls.
+  pairs = (z[:, :-1] * z[:, 1:]).ravel()
+  assert abs(pairs.mean()) < 4 / np.sqrt(pairs.size)
+  calls = (z[:-1] * z[1:]).ravel()
+  assert abs(calls.mean()) < 4 / np.sqrt(calls.size)
+  # A draw shared by two weights would be caught by the same check.
+  shared = z.copy()
+  shared[:, 1::2] = shared[:, 0:-1:2][:, :shared[:, 1::2].shape[1]]
+  planted = (shared[:, :-1] * shared[:, 1:]).ravel()
+  assert abs(planted.mean()) > 4 / np.sqrt(planted.size)
+
+
+def test_kept_draw_is_never_saved():
+  layer, _ = _pruned_dense()
+  assert "kept_draw" not in layer.get_config()
