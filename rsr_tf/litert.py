@@ -45,15 +45,28 @@ class Model:
     model_path: a `.tflite` file (or pass `model_content`).
     model_content: the model's bytes.
     num_threads: interpreter threads; None lets LiteRT choose.
+    op_resolver: `DEFAULT_RESOLVER` or `FALLBACK_RESOLVER` to use that
+      set-up only (benchmarks compare them); None tries both, as above.
 
   Raises:
     ValueError or RuntimeError: from LiteRT, when neither set-up works.
   """
 
-  def __init__(self, model_path=None, model_content=None, num_threads=None):
+  def __init__(self, model_path=None, model_content=None, num_threads=None,
+               op_resolver=None):
     self._kwargs = {"model_path": model_path, "model_content": model_content,
                     "num_threads": num_threads}
     self.fallback_reason = None
+    if op_resolver is not None:  # exactly this set-up, no fallback
+      self._interpreter = self._build(getattr(litert.OpResolverType, op_resolver))
+      self.op_resolver = op_resolver
+    else:
+      self._default_set_up()
+    self._input = self._interpreter.get_input_details()[0]
+    self._output = self._interpreter.get_output_details()[0]
+    self._batch = int(self._input["shape"][0])
+
+  def _default_set_up(self):
     try:
       self._interpreter = self._build(litert.OpResolverType.AUTO)
       self.op_resolver = DEFAULT_RESOLVER
@@ -65,9 +78,6 @@ class Model:
         raise e from None
       self.op_resolver = FALLBACK_RESOLVER
       self.fallback_reason = first_line(e)
-    self._input = self._interpreter.get_input_details()[0]
-    self._output = self._interpreter.get_output_details()[0]
-    self._batch = int(self._input["shape"][0])
 
   def _build(self, resolver):
     interp = litert.Interpreter(experimental_op_resolver_type=resolver,
