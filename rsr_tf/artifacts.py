@@ -10,18 +10,23 @@ import rsr_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+from rsr_tf import config
 from rsr_tf import litert
 from rsr_tf import models
 
-FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+FORMATS = config.EXPORT_FORMATS
+DEFAULT_FORMATS = config.DEFAULT_EXPORT_FORMATS
 ARTIFACT_NAMES = {
     "saved_model": "saved_model",
     "tflite_float": "model_float.tflite",
     "tflite_dynamic": "model_dynamic.tflite",
     "tflite_int8": "model_int8.tflite",
+    "tflite_int16x8": "model_int16x8.tflite",
 }
 # Formats with quantised weights: checked by top-1 agreement, not logits.
-QUANTIZED = ("tflite_dynamic", "tflite_int8")
+QUANTIZED = ("tflite_dynamic", "tflite_int8", "tflite_int16x8")
+# Formats whose activation ranges are calibrated on representative images.
+CALIBRATED = ("tflite_int8", "tflite_int16x8")
 REPORT_NAME = "export.json"
 LABELS_NAME = "labels.txt"
 MODEL_FILE = "model.keras"  # the Keras model, when export is given an object

@@ -15,6 +15,11 @@ NOISE_STD = ("all", "kept")
 PRUNE_SCHEDULES = ("none", "oneshot", "polynomial")
 # Single weights (masks) or whole filters (a physically narrower model).
 PRUNE_STRUCTURES = ("unstructured", "channel")
+# What export can write. tflite_int16x8 (16-bit activations, 8-bit weights)
+# is for users who need top-1 agreement with Keras; it is not in the default.
+EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8",
+                  "tflite_int16x8")
+DEFAULT_EXPORT_FORMATS = EXPORT_FORMATS[:4]
 LR_SCHEDULES = ("per_phase", "step", "cosine")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 # tf.distribute strategies by name; rsr_tf.distribute builds them.

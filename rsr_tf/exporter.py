@@ -52,7 +52,7 @@ class ExportConfig:
     float_tolerance: max |logit difference| allowed for float artifacts.
     min_agreement: top-1 agreement with Keras required of quantised ones.
   """
-  formats: tuple = FORMATS
+  formats: tuple = artifacts.DEFAULT_FORMATS
   sparse: bool = False
   noise: bool = True
   noise_draws: int = 5
@@ -140,7 +140,8 @@ def export(model, output_dir, formats=None, representative_data=None,
     model: a tf_keras model (saved as `model.keras` in the export too) or
       the path of a `.keras` file; [0, 1] images in, logits out.
     output_dir: where the artifacts, `export.json` and `labels.txt` go.
-    formats: a subset of `FORMATS` (default: the config's, all four).
+    formats: a subset of `FORMATS` (default: the config's, all but
+      tflite_int16x8).
     representative_data: images [N, H, W, C], uint8 or float in [0, 1]: the
       int8 calibration set (needed for "tflite_int8"), and the verification
       images when `validation_data` is None.
@@ -178,9 +179,10 @@ def export(model, output_dir, formats=None, representative_data=None,
   if representative_data is None and validation_data is None:
     raise ExportError("export needs representative_data (int8 calibration) or "
                       "validation_data (verification images)")
-  if representative_data is None and "tflite_int8" in config.formats:
-    raise ExportError("tflite_int8 needs representative_data: images to "
-                      "calibrate the int8 ranges on")
+  calibrated = [f for f in config.formats if f in artifacts.CALIBRATED]
+  if representative_data is None and calibrated:
+    raise ExportError(f"{calibrated[0]} needs representative_data: images to "
+                      "calibrate the activation ranges on")
   representative = (None if representative_data is None else
                     _to_float(representative_data, "representative_data"))
   if validation_data is not None:

@@ -1,4 +1,4 @@
-r"""Export a trained model to SavedModel and TFLite (float, dynamic-range, int8), verified.
+r"""Export a trained model to SavedModel and TFLite (float, dynamic-range, int8, 16x8), verified.
 
 Example:
   python scripts/export.py --model=/tmp/run/model.keras --output_dir=/tmp/export \
@@ -27,7 +27,7 @@ from scripts import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+FORMATS = config_lib.EXPORT_FORMATS
 
 
 def define_flags():
@@ -36,8 +36,8 @@ def define_flags():
                       "model.keras from scripts/train.py).")
   flags.DEFINE_string("output_dir", None, "Folder for the artifacts, "
                       "export.json and labels.txt; replaced as a whole.")
-  flags.DEFINE_list("formats", list(FORMATS), "Comma-separated subset of "
-                    f"{','.join(FORMATS)}.")
+  flags.DEFINE_list("formats", list(config_lib.DEFAULT_EXPORT_FORMATS),
+                    f"Comma-separated subset of {','.join(FORMATS)}.")
   flags.DEFINE_bool("sparse", False, "Sparse-encode the TFLite weights "
                     "(tf.lite.Optimize.EXPERIMENTAL_SPARSITY).")
   flags.DEFINE_enum("noise", "on", ["on", "off"], "on: keep the PNI weight "

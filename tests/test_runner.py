@@ -13,6 +13,7 @@ from PIL import Image
 import export_helpers
 from export import runner
 from rsr_tf import artifacts
+from rsr_tf import conversion
 from rsr_tf import layers as rsr_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +49,11 @@ def models_dir(tmp_path_factory):
   (folder / "dense.tflite").write_bytes(export_helpers.tflite_bytes(model))
   (folder / "sparse.tflite").write_bytes(
       export_helpers.tflite_bytes(model, sparse=True))
+  representative = export_helpers.colour_split(32, seed=3).images.astype(
+      np.float32) / 255
+  (folder / "int16x8.tflite").write_bytes(conversion.convert_tflite(
+      model, "tflite_int16x8", sparse=False, representative=representative,
+      noisy=False)[0])
   (folder / "labels.txt").write_text("red\ngreen\nblue\n")
   return folder
 
@@ -66,7 +72,7 @@ def _no_tensorflow(model, images_arg):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["dense", "sparse"])
+@pytest.mark.parametrize("name", ["dense", "sparse", "int16x8"])
 def test_classifies_a_npy_batch_without_tensorflow(models_dir, images, name,
                                                    tmp_path):
   batch, labels = images
@@ -76,8 +82,8 @@ def test_classifies_a_npy_batch_without_tensorflow(models_dir, images, name,
   np.testing.assert_allclose(out["probabilities"], runner.softmax(expected),
                              atol=1e-5)
   assert out["labels"] == expected.argmax(-1).tolist() == labels.tolist()
-  assert out["resolver"] == ("AUTO" if name == "dense"
-                             else "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+  assert out["resolver"] == ("BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+                             if name == "sparse" else "AUTO")
 
 
 def test_classifies_image_files_of_any_size_and_mode(models_dir, images,
