@@ -147,10 +147,12 @@ class _WeightNoise:
     gaps = gaps.astype(np.int16 if gaps.max() <= np.iinfo(np.int16).max
                        else np.int32)
     eta = tf.random.normal([kept.size], dtype=tf.float32)
-    # 1 at run time only, so the converter cannot fold the sum into an int32
-    # constant of the positions.
-    live = tf.cast(tf.math.is_finite(eta[:1]), tf.int32)
-    position = tf.cumsum(tf.cast(tf.constant(gaps), tf.int32) * live) - 1
+    # The select is decided at run time only (a draw is always finite), so
+    # the converter cannot fold the widening and the sum into an int32
+    # constant of the positions: the file keeps the 2-byte gaps.
+    live = tf.math.is_finite(eta[0])
+    gaps = tf.where(live, tf.constant(gaps), tf.constant(0, gaps.dtype))
+    position = tf.cumsum(tf.cast(gaps, tf.int32)) - 1
     drawn = tf.scatter_nd(position[:, None], eta,
                           [kernel32.shape.num_elements()])
     # alpha * std is folded into one constant; it scales the whole kernel, so
