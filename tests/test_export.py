@@ -143,6 +143,27 @@ def test_noise_on_round_trip_keeps_the_noise_and_the_accuracy(noise_on):
   assert "tflite_int8" in report["size_target"]["artifact"]
 
 
+def test_noise_on_int8_holds_no_mask_constant(noise_on, model_path):
+  from ai_edge_litert import schema_py_generated as schema
+  from rsr_tf import models
+  out, _ = noise_on
+  model = litert.read_model((out / "model_int8.tflite").read_bytes())
+  constants = [(t, model.buffers[t.buffer].data) for g in model.subgraphs
+               for t in g.tensors if model.buffers[t.buffer].data is not None
+               and len(model.buffers[t.buffer].data)]
+  assert not [t.name for t, _ in constants if t.type == schema.TensorType.BOOL]
+  # The noise path's one copy of the zero pattern: a 2-byte gap per kept
+  # weight (its float constants are the alphas times std(w)).
+  noise = [(t, d) for t, d in constants
+           if rsr_layers.NOISE_SCOPE in (t.name.decode() if isinstance(
+               t.name, bytes) else t.name) and t.type != schema.TensorType.FLOAT32
+           and len(d) > 8]
+  kept = sum(int(np.count_nonzero(layer.noisy_weight.numpy())) for layer in
+             rsr_layers.noisy_layers(models.load(model_path)))
+  assert {t.type for t, _ in noise} == {schema.TensorType.INT16}
+  assert sum(len(d) for _, d in noise) == 2 * kept
+
+
 def test_load_classifier_runs_every_kind_of_artifact(noise_off, model_path,
                                                      dataset):
   out, report = noise_off
