@@ -102,7 +102,12 @@ class ChannelFold(keras.layers.Layer):
         dilations=self.conv["dilation_rate"])[0]
 
   def call(self, inputs):
-    return self.activation(inputs + tf.cast(self.fixed_map(), inputs.dtype))
+    # The map depends on the frozen fold weight alone: computed when the
+    # function is traced, it reaches a converter as one constant to add,
+    # not as a convolution of ones run at every inference.
+    with tf.init_scope():
+      fixed = self.fixed_map()
+    return self.activation(inputs + tf.cast(fixed, inputs.dtype))
 
   def compute_output_shape(self, input_shape):
     return input_shape

@@ -172,6 +172,26 @@ def test_a_noisy_model_keeps_its_alphas_and_its_outputs_with_the_noise_off(mode)
   assert np.abs(narrow(images) - narrow(images)).max() > 0, "noise stays on"
 
 
+def test_a_rebuilt_resnet_converts_to_no_more_ops_than_its_layers():
+  # The folds' fixed maps reach TFLite as constants to add, not as extra
+  # convolutions of ones run at every invoke (which made narrow models slower).
+  from rsr_tf import conversion
+  from rsr_tf import litert
+  model = _randomise(models.build("resnet20", num_classes=10, noise="none",
+                                  input_shape=(16, 16, 3)))
+  narrow = channels.rebuild(model, channels.plan(model, 0.5))
+  folds = [l for l in narrow.layers if isinstance(l, channels.ChannelFold)]
+  assert folds
+  ops = litert.op_counts(conversion.convert_tflite(
+      narrow, "tflite_float", sparse=False, representative=None, noisy=False)[0])
+  convs = [l for l in narrow.layers if isinstance(l, keras.layers.Conv2D)]
+  assert ops["CONV_2D"] == len(convs)
+  images = _images((16, 16, 3), n=2)
+  interpreter = litert.Model(model_content=conversion.convert_tflite(
+      narrow, "tflite_float", False, None, False)[0])
+  np.testing.assert_allclose(interpreter(images), narrow(images), atol=1e-4)
+
+
 def test_widths_are_multiples_and_the_target_is_met_on_a_sequential_model():
   model = _randomise(_user_model(sequential=True))
   for target in (0.3, 0.6):
