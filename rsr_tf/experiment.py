@@ -167,6 +167,7 @@ def _train_and_prune(config, build, train_ds, validation_ds):
         prune_begin_epoch=prune.begin_epoch,
         prune_end_epoch=prune.end_epoch or None,
         prune_frequency=prune.frequency, prune_structure=prune.structure,
+        channel_multiple=prune.channel_multiple,
         lambda_l1=loss.lambda_l1,
         lambda_group=loss.lambda_group, weight_decay=loss.weight_decay,
         eps=attack.eps, step_size=attack.step_size, steps=attack.steps,

@@ -110,7 +110,7 @@ def _steps_per_epoch(dataset, steps_per_epoch):
 def train_rsr(model, train_data, validation_data=None, *, epochs=160,
               target_sparsity=0.85, finetune_epochs=None,
               prune_schedule="oneshot", prune_structure="unstructured",
-              channel_multiple=8, prune_begin_epoch=0,
+              channel_multiple=config_lib.CHANNEL_MULTIPLE, prune_begin_epoch=0,
               prune_end_epoch=None, prune_frequency=100,
               lambda_l1=5e-6, lambda_group=0.0, weight_decay=3e-4,
               eps=8 / 255, step_size=2 / 255, steps=7, rand_init=True,

@@ -106,6 +106,10 @@ def define_flags():
                     "--target_sparsity of the prunable MACs is gone, and the "
                     "model rebuilt physically narrower, so it runs faster "
                     "(one-shot only; pair with --lambda_group).")
+  flags.DEFINE_integer("channel_multiple", config_lib.CHANNEL_MULTIPLE,
+                       "--prune_structure=channel: kept widths are multiples "
+                       "of this (16 suits XNNPACK on AVX512 CPUs).",
+                       lower_bound=1)
   flags.DEFINE_float("target_sparsity", 0.85, "Fraction of conv/dense weights "
                      "removed, in [0, 1).")
   flags.DEFINE_integer("prune_begin_epoch", 0, "polynomial: first pruning epoch.",
@@ -196,7 +200,8 @@ def config_from_flags():
           schedule=FLAGS.prune_schedule, target_sparsity=FLAGS.target_sparsity,
           begin_epoch=FLAGS.prune_begin_epoch, end_epoch=FLAGS.prune_end_epoch,
           frequency=FLAGS.prune_frequency, noise_std=FLAGS.noise_std,
-          structure=FLAGS.prune_structure),
+          structure=FLAGS.prune_structure,
+          channel_multiple=FLAGS.channel_multiple),
       output_dir=FLAGS.output_dir,
       eval_noise_draws=FLAGS.eval_noise_draws,
       seed=FLAGS.seed,

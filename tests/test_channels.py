@@ -6,6 +6,7 @@ import tf_keras as keras
 
 import user_models
 from rsr_tf import channels
+from rsr_tf import config
 from rsr_tf import convert
 from rsr_tf import layers as rsr_layers
 from rsr_tf import models
@@ -96,7 +97,7 @@ def test_zeroed_filters_are_removed_and_the_outputs_stay():
   model = _zeroed_user_model()
   exact = channels.plan_for(model, _user_keep())
   # The zeroed filters score 0, the lowest: the threshold lands on them.
-  plan = channels.plan(model, exact.macs_removed)
+  plan = channels.plan(model, exact.macs_removed, multiple=8)
   assert plan.keep == _user_keep()
   assert plan.threshold == 0.0
   narrow = channels.rebuild(model, plan)
@@ -195,11 +196,14 @@ def test_a_rebuilt_resnet_converts_to_no_more_ops_than_its_layers():
 def test_widths_are_multiples_and_the_target_is_met_on_a_sequential_model():
   model = _randomise(_user_model(sequential=True))
   for target in (0.3, 0.6):
-    plan = channels.plan(model, target)
+    plan = channels.plan(model, target)  # the default multiple
     assert plan.macs_removed >= target
+    multiple = config.CHANNEL_MULTIPLE
     for name, (before, after) in plan.widths.items():
       assert after == len(plan.keep[name])
-      assert (after % 8 == 0 or after == before) and 8 <= after <= before
+      # A multiple, or the whole layer, or the floor of 8 channels.
+      assert after % multiple == 0 or after in (before, 8)
+      assert 8 <= after <= before
     narrow = channels.rebuild(model, plan)
     assert channels.macs(narrow) == plan.macs_after
     assert narrow.count_params() == plan.params_after
