@@ -314,6 +314,10 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
       history.stopped_early.append(phase_name)
     return throughput.per_epoch()
 
+  if prune_schedule == "oneshot" and prune_structure == "channel":
+    # Whether the target is within reach depends on the architecture alone:
+    # say so now, not after phase 1.
+    channels.plan(model, target_sparsity, multiple=channel_multiple)
   recipe = "+".join(part for part, on in (
       ("PNI", bool(rsr_layers.alphas(model))),
       ("PGD-AT", adversarial_start is not None),

@@ -199,6 +199,13 @@ def test_channel_pruning_fine_tunes_a_narrower_model():
   with pytest.raises(ValueError, match="needs prune_schedule='oneshot'"):
     rsr_tf.train_rsr(model, band_data(64, 0), epochs=1, prune_structure="channel",
                      prune_schedule="polynomial", verbose=0)
+  # A target the architecture cannot reach fails before phase 1 trains.
+  never = keras.callbacks.LambdaCallback(
+      on_train_begin=lambda logs: pytest.fail("phase 1 started"))
+  with pytest.raises(ValueError, match="out of reach"):
+    rsr_tf.train_rsr(model, band_data(64, 0), epochs=1, prune_structure="channel",
+                     target_sparsity=0.99, steps=1, batch_size=32,
+                     callbacks=[never], verbose=0)
 
 
 def test_early_stopping_in_phase_one_still_prunes_and_fine_tunes():
