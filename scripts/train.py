@@ -111,7 +111,9 @@ def define_flags():
                        "of this (16 suits XNNPACK on AVX512 CPUs).",
                        lower_bound=1)
   flags.DEFINE_float("target_sparsity", 0.85, "Fraction of conv/dense weights "
-                     "removed, in [0, 1).")
+                     "removed, in [0, 1). With --prune_structure=channel: the "
+                     "fraction of their MACs removed (ResNet-20 can lose at "
+                     "most 69%; 0.69 runs 2.0x faster at batch 1 on XNNPACK).")
   flags.DEFINE_integer("prune_begin_epoch", 0, "polynomial: first pruning epoch.",
                        lower_bound=0)
   flags.DEFINE_integer("prune_end_epoch", 0, "polynomial: epoch the target is "
