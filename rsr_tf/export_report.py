@@ -120,9 +120,11 @@ def assemble(model, model_path, data, config, noisy, artifacts, keras_row,
   size_target = compare_sizes(artifacts, dense_float, config.sparse, noisy)
   notes = list(notes)
   if noisy:
-    notes.append("noise on: TFLite files compute each noisy layer as "
-                 "conv(x, w) + conv(x, noise), with the pruning mask stored "
-                 "as a bool constant per layer; the SavedModel keeps "
+    notes.append("noise on: TFLite files draw one normal per kept weight "
+                 "(tflite_int16x8: per weight), "
+                 "placed by 2-byte gaps between kept weights; quantised and "
+                 "sparse files compute each noisy layer as conv(x, w) + "
+                 "conv(x, noise), plain float and the SavedModel as "
                  "conv(x, w + noise)")
   if config.noise and not noisy:
     notes.append("--noise=on, but the model has no noisy layers: exported "
