@@ -13,7 +13,6 @@ and the time --preset=aa_rand would take on --images images at those rates.
   python benchmarks/attack_rate.py --output=attack_rate.json
 """
 
-import json
 import os
 import statistics
 import sys
@@ -112,9 +111,7 @@ def main(argv):
                    "eot_samples": FLAGS.eot_samples, "queries": FLAGS.queries},
       "provenance": outputs.provenance(),
   }
-  print(json.dumps(result, indent=2))
-  if FLAGS.output:
-    outputs.write_json_atomic(FLAGS.output, result)
+  outputs.emit_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

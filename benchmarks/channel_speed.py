@@ -10,9 +10,7 @@ interleave the models so a busy machine slows them alike.
       --fractions=0.3,0.45,0.6,0.69 --output=benchmarks/channel_speed.json
 """
 
-import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,13 +93,10 @@ def main(argv):
     x = rng.uniform(0, 1, (batch,) + tuple(model.input_shape[1:])).astype(np.float32)
     runners = {k: litert.Model(model_content=v["content"], num_threads=FLAGS.threads)
                for k, v in variants.items()}
-    times = {k: [] for k in runners}
-    for _ in range(FLAGS.rounds):
-      for k, runner in runners.items():
-        times[k].append(latency.median_ms(runner, x, runs=max(5, FLAGS.runs // batch)))
-    base = statistics.median(times["unpruned"])
-    for k, ts in times.items():
-      ms = statistics.median(ts)
+    times = latency.interleaved_median_ms(runners, x, FLAGS.rounds,
+                                          max(5, FLAGS.runs // batch))
+    base = times["unpruned"]
+    for k, ms in times.items():
       rows.append({"variant": k, "batch": batch, "ms": round(ms, 3),
                    "speedup": round(base / ms, 2),
                    "macs_removed": round(variants[k]["macs_removed"], 4),
@@ -115,9 +110,7 @@ def main(argv):
             "threads": FLAGS.threads, "rounds": FLAGS.rounds, "rows": rows,
             "widths": {k: v.get("widths") for k, v in variants.items()},
             "provenance": outputs.provenance(argv)}
-  print(json.dumps(result, indent=2))
-  if FLAGS.output:
-    outputs.write_json_atomic(FLAGS.output, result)
+  outputs.emit_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

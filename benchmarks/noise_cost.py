@@ -16,9 +16,7 @@ so a busy machine slows them alike; the median over rounds is reported, and
 ratios are to `off` under the same set-up and batch.
 """
 
-import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,13 +90,9 @@ def main(argv):
     for batch in batches:
       x = rng.uniform(0, 1, (batch,) + tuple(model.input_shape[1:])).astype(np.float32)
       runs = max(5, FLAGS.runs // batch)
-      times = {name: [] for name in runners}
-      for _ in range(FLAGS.rounds):
-        for name, runner in runners.items():
-          times[name].append(latency.median_ms(runner, x, runs=runs))
-      off = statistics.median(times["off"])
-      for name, ts in times.items():
-        ms = statistics.median(ts)
+      times = latency.interleaved_median_ms(runners, x, FLAGS.rounds, runs)
+      off = times["off"]
+      for name, ms in times.items():
         rows.append({"variant": name, "setup": setup,
                      "op_resolver": runners[name].op_resolver, "batch": batch,
                      "ms": round(ms, 3), "vs_off": round(ms / off, 2),
@@ -110,9 +104,7 @@ def main(argv):
                       "sha256": outputs.sha256_of(FLAGS.model)},
             "threads": 1, "rounds": FLAGS.rounds, "rows": rows,
             "provenance": outputs.provenance()}
-  print(json.dumps(result, indent=2))
-  if FLAGS.output:
-    outputs.write_json_atomic(FLAGS.output, result)
+  outputs.emit_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ or from x (`norm` below), against the true labels; the last, PGD-7 with step
       --image_folder=/data/cifar10 --eval_limit=500 --output=training_attack.json
 """
 
-import json
 import os
 import sys
 
@@ -114,9 +113,7 @@ def main(argv):
       "eps": FLAGS.eps, "rows": rows,
       "provenance": outputs.provenance(),
   }
-  print(json.dumps(result, indent=2))
-  if FLAGS.output:
-    outputs.write_json_atomic(FLAGS.output, result)
+  outputs.emit_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

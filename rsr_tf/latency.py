@@ -33,3 +33,16 @@ def median_ms(fn, batch, runs=50, warmup=3):
     fn(batch)
     times.append((time.perf_counter() - start) * 1e3)
   return statistics.median(times)
+
+
+def interleaved_median_ms(fns, batch, rounds=3, runs=50):
+  """{name: median over `rounds` of `median_ms(fn, batch, runs)`}, rounds interleaved.
+
+  Every round times each of `fns` ({name: callable}) once, so a machine
+  that gets busier mid-run slows them alike and their ratios still compare.
+  """
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      times[name].append(median_ms(fn, batch, runs))
+  return {name: statistics.median(ts) for name, ts in times.items()}

@@ -52,6 +52,13 @@ def write_json_atomic(path, payload):
   write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def emit_json(payload, path=None):
+  """Prints `payload` as JSON and, given `path`, also writes it there atomically."""
+  print(json.dumps(payload, indent=2))
+  if path:
+    write_json_atomic(path, payload)
+
+
 def save_model_atomic(model, path):
   """Saves a `.keras` file under a temporary name, then renames it."""
   with atomic_path(path) as tmp:
