@@ -43,6 +43,20 @@ def tolerance(a, b):
   return 2 * math.hypot(a["std"], b["std"]) + 1 / min(a["examples"], b["examples"])
 
 
+def paired_tolerance(correct_a, correct_b):
+  """`tolerance` for two models scored on the same examples.
+
+  Two standard errors of the paired difference (`paired_difference`), plus
+  one example of granularity, so that two deterministic models that differ
+  on no image agree.
+
+  Returns:
+    (|accuracy of A - accuracy of B|, the largest gap that agrees).
+  """
+  difference, error = paired_difference(correct_a, correct_b)
+  return abs(difference), 2 * error + 1 / np.shape(correct_a)[-1]
+
+
 def pooled_seed_variance(pairs):
   """Seed-to-seed variance of an accuracy, pooled over variants.
 

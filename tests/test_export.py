@@ -79,6 +79,7 @@ def test_noise_off_round_trip_passes_every_parity_check(noise_off, model_path):
     assert arts[fmt]["max_abs_logit_diff"] <= 1e-4
   for fmt in ("tflite_dynamic", "tflite_int8", "tflite_int16x8"):
     assert arts[fmt]["top1_agreement"] >= 0.99
+    assert "accuracy matches Keras" in {c["check"] for c in arts[fmt]["checks"]}
   for fmt, row in arts.items():
     assert (out / row["file"]).exists(), fmt
     assert row["bytes"] > 0 and 0 < row["gzip_bytes"]
@@ -355,3 +356,41 @@ def test_a_passing_export_replaces_an_earlier_one(model_path, dataset,
   assert sorted(os.listdir(out)) == ["export.json", "labels.txt",
                                      "model_float.tflite"]
   assert os.listdir(tmp_path) == ["export"]
+
+
+def _verify_planted(flips, **config):
+  """verify() of an int8 stand-in that changes the Keras prediction on `flips`.
+
+  Keras is right on 800 of 1,000 images; flips maps "right" (Keras right,
+  artifact wrong) and "wrong" (Keras wrong, artifact right) to image counts.
+  """
+  from rsr_tf import verification
+  n, classes = 1000, 10
+  labels = np.arange(n) % classes
+  keras_pred = labels.copy()
+  keras_pred[800:] = (labels[800:] + 1) % classes
+  pred = keras_pred.copy()
+  pred[:flips.get("right", 0)] = (labels[:flips.get("right", 0)] + 2) % classes
+  pred[800:800 + flips.get("wrong", 0)] = labels[800:800 + flips.get("wrong", 0)]
+  logits = np.eye(classes, dtype=np.float32)
+  reference = {"logits": logits[keras_pred],
+               "accuracy": {"mean": 0.8, "std": 0.0, "per_draw": [0.8]}}
+  _, checks = verification.verify(
+      "tflite_int8", lambda x: logits[pred[:len(x)]], reference,
+      np.zeros((n, 1)), labels, _config(**config), noisy=False)
+  return {c["check"]: c["passed"] for c in checks}
+
+
+def test_quantised_files_are_gated_on_paired_accuracy_parity_not_agreement():
+  # 5% of predictions change, as many to right as to wrong: 95% agreement,
+  # the same accuracy. Issue 17's gate passes it; agreement is only reported.
+  balanced = _verify_planted({"right": 25, "wrong": 25})
+  assert balanced == {"deterministic": True, "accuracy matches Keras": True}
+  # The same 50 changes all from right to wrong: 5 points lost, far beyond
+  # the paired error (about 0.7 points).
+  assert not _verify_planted({"right": 50})["accuracy matches Keras"]
+  # Nothing changed: the gap is 0 and passes by the one-image margin.
+  assert _verify_planted({})["accuracy matches Keras"]
+  # A user who needs agreement still gets that gate.
+  gated = _verify_planted({"right": 25, "wrong": 25}, min_agreement=0.99)
+  assert gated["accuracy matches Keras"] and not gated["top-1 agreement"]
