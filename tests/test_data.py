@@ -12,6 +12,7 @@ import rsr_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from rsr_tf import config
 from rsr_tf import data
 from rsr_tf import pipelines
+from rsr_tf import tfds_source
 import tensorflow as tf
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
@@ -188,7 +189,7 @@ def _host_checks(monkeypatch):
     calls.append(timeout_s)
     return True
 
-  monkeypatch.setattr(data, "_download_host_reachable", reachable)
+  monkeypatch.setattr(tfds_source, "_download_host_reachable", reachable)
   return calls
 
 
@@ -236,7 +237,7 @@ def test_load_tfds_converts_grayscale_28x28_when_asked(tmp_path, host_checks):
 
 
 def test_load_tfds_offline_fails_fast(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "_download_host_reachable",
+  monkeypatch.setattr(tfds_source, "_download_host_reachable",
                       lambda timeout_s=5.0: False)
   start = time.monotonic()
   with pytest.raises(data.DataError, match="--image_folder") as info:
@@ -254,10 +255,10 @@ def test_download_host_check_returns_despite_hanging_connect(monkeypatch):
     release.wait(30)
     raise OSError("released")
 
-  monkeypatch.setattr(data.socket, "create_connection", hang)
+  monkeypatch.setattr(tfds_source.socket, "create_connection", hang)
   start = time.monotonic()
   try:
-    assert not data._download_host_reachable(timeout_s=0.2)  # pylint: disable=protected-access
+    assert not tfds_source._download_host_reachable(timeout_s=0.2)  # pylint: disable=protected-access
     assert time.monotonic() - start < 3
   finally:
     release.set()
