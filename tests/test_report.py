@@ -180,3 +180,16 @@ def test_missing_results_folder_is_one_line(tmp_path, budget):
   assert result.returncode != 0
   assert len(result.stderr.strip().splitlines()) == 1
   assert "run scripts/reproduce.py first" in result.stderr
+
+
+@pytest.mark.parametrize("budget", ["cpu", "cpu_long"])
+def test_the_committed_document_is_what_its_committed_files_give(tmp_path, budget):
+  # A result file that changes (a rescore, a new run) without the document
+  # being regenerated leaves REPRODUCTION*.md stale; this catches it.
+  import shutil
+  results = os.path.join(ROOT, "results")
+  shutil.copytree(os.path.join(results, budget), tmp_path / budget)
+  name = "REPRODUCTION.md" if budget == "cpu" else f"REPRODUCTION_{budget}.md"
+  with open(os.path.join(results, name)) as f:
+    assert _report(tmp_path, budget) == f.read(), (
+        f"results/{name} is stale: run python scripts/report.py --budget={budget}")
