@@ -49,6 +49,7 @@ def card(report):
     entry = results[name]
     attacks.append({"attack": name, "kind": entry["kind"],
                     "steps": entry.get("steps"),
+                    "queries": entry.get("queries"),
                     "restarts": entry.get("restarts"),
                     "eot_samples": entry.get("eot_samples"),
                     "crafted": entry.get("crafted"),
@@ -109,16 +110,23 @@ def markdown(card_):
       "", "## Attacks in the headline", "",
       "An image is robust in a pass only if it survives every attack below in "
       "that pass.", "",
-      "| attack | kind | steps | restarts | EOT | crafted | accuracy alone |",
+      "| attack | kind | steps (queries) | restarts | EOT | crafted | accuracy alone |",
       "|---|---|---|---|---|---|---|"]
   for a in card_["attacks"]:
-    lines.append(f"| {a['attack']} | {a['kind']} | {a['steps'] or '—'} | "
+    budget = a["steps"] or (f"({a['queries']:,})" if a.get("queries") else "—")
+    lines.append(f"| {a['attack']} | {a['kind']} | {budget} | "
                  f"{a['restarts'] or '—'} | {a['eot_samples'] or '—'} | "
                  f"{a['crafted']} | {_pct(a['accuracy'])} |")
+  statuses = list(card_["sanity_checks"].values())
   failed = [c for c, s in card_["sanity_checks"].items() if s == "FAIL"]
+  skipped = statuses.count("SKIPPED")
+  run = len(statuses) - skipped
+  # A preset that runs none of the attacks a check compares skips it; that
+  # is not a failure, but it is not a pass either, so the count says so.
   lines += ["", "## Sanity checks", "",
-            f"{sum(s == 'PASS' for s in card_['sanity_checks'].values())} of "
-            f"{len(card_['sanity_checks'])} passed"
+            f"{statuses.count('PASS')} of {run} run passed"
+            + (f", {skipped} skipped (their attacks are not in this "
+               f"evaluation's set)" if skipped else "")
             + (f"; FAILED: {'; '.join(failed)}." if failed else ".")]
   p = card_["provenance"]
   lines += ["", "## Provenance", "", f"    {p['command']}", "",

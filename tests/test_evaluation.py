@@ -404,3 +404,29 @@ def test_each_sanity_check_fails_on_a_planted_defect(deterministic, monkeypatch,
   assert status(deterministic) == "PASS"
   with monkeypatch.context() as patch:
     assert status(defect(patch, deterministic)) == "FAIL"
+
+
+def test_the_model_card_counts_skipped_checks_apart_and_gives_square_queries():
+  from rsr_tf import model_card
+  entry = {"mean": 0.2, "std": 0.0, "examples": 10, "draws": 1}
+  report = {
+      "suite": {"stochastic": False, "results": {
+          "clean": dict(entry, mean=0.6),
+          "square": dict(entry, kind="black-box (query)", queries=5000,
+                         steps=None, restarts=None, eot_samples=1,
+                         crafted="once"),
+          "robust_all": dict(entry, attacks=["clean", "square"])}},
+      "config": {"eps": 8 / 255, "noise_draws": 1},
+      "model": {"path": "m.keras", "sha256": "0"},
+      "data": {"source": "x", "eval_examples": 10},
+      "sanity_checks": [{"check": "a", "status": "PASS"},
+                        {"check": "b", "status": "SKIPPED"},
+                        {"check": "c", "status": "SKIPPED"}],
+      "provenance": {"command": "c", "git_commit": "g", "date": "d"}}
+  text = model_card.markdown(model_card.card(report))
+  assert "1 of 1 run passed, 2 skipped" in text
+  assert "| square | black-box (query) | (5,000) |" in text
+  report["sanity_checks"][1]["status"] = "FAIL"
+  assert "1 of 2 run passed, 1 skipped" in model_card.markdown(
+      model_card.card(report))
+  assert "FAILED: b." in model_card.markdown(model_card.card(report))
