@@ -66,6 +66,9 @@ def card(report):
       "threat_model": {"norm": config.get("norm", "linf"), "eps": config["eps"],
                        "eps_255": round(config["eps"] * 255, 3)},
       "randomized": bool(suite["stochastic"]),
+      # Sequential presets attack only the survivors of the attacks before,
+      # so each row is the accuracy after it and those, not on its own.
+      "sequential": bool(config.get("sequential", False)),
       "noise_passes": config["noise_draws"],
       "clean_accuracy": _accuracy(results.get("clean")),
       "robust_accuracy_all_attacks": _accuracy(headline),
@@ -110,7 +113,9 @@ def markdown(card_):
       "", "## Attacks in the headline", "",
       "An image is robust in a pass only if it survives every attack below in "
       "that pass.", "",
-      "| attack | kind | steps (queries) | restarts | EOT | crafted | accuracy alone |",
+      "| attack | kind | steps (queries) | restarts | EOT | crafted | "
+      + ("accuracy after it and those above |" if card_.get("sequential")
+         else "accuracy alone |"),
       "|---|---|---|---|---|---|---|"]
   for a in card_["attacks"]:
     budget = a["steps"] or (f"({a['queries']:,})" if a.get("queries") else "—")

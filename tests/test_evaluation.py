@@ -430,3 +430,7 @@ def test_the_model_card_counts_skipped_checks_apart_and_gives_square_queries():
   assert "1 of 2 run passed, 1 skipped" in model_card.markdown(
       model_card.card(report))
   assert "FAILED: b." in model_card.markdown(model_card.card(report))
+  assert "accuracy alone" in text
+  report["config"]["sequential"] = True  # AutoAttack's order: on survivors
+  assert "accuracy after it and those above" in model_card.markdown(
+      model_card.card(report))
