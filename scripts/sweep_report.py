@@ -13,6 +13,7 @@ any fine-tuning), and after fine-tuning. Selection never looks at test images.
 import json
 import math
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,6 +75,22 @@ def _cell(p, n):
   return "—" if p is None else f"{100 * p:.1f} ± {100 * _se(p, n):.1f}"
 
 
+def stem_and_deepest(layers):
+  """One-shot sparsity of the stem conv and of the deepest conv, or (None, None).
+
+  metrics.json stores layers sorted by name, not in model order, so the
+  deepest is the conv whose name has the largest numbers (s3b3_conv2 after
+  s3b3_conv1 and s2b1_conv1), and the stem is the one named so.
+  """
+  convs = {k: v for k, v in layers.items() if "conv" in k}
+  if not convs:
+    return None, None
+  stem = next((k for k in convs if "stem" in k), None)
+  rest = [k for k in convs if k != stem] or list(convs)
+  deepest = max(rest, key=lambda k: [int(n) for n in re.findall(r"\d+", k)])
+  return convs[stem or min(rest)], convs[deepest]
+
+
 def table(runs):
   header = ["run", "lambda_l1", "L1 norm, last phase-1 epoch",
             "one-shot sparsity: stem / deepest conv"]
@@ -82,11 +99,10 @@ def table(runs):
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, m in runs.items():
     measured, n = stages(m)
-    layers = m.get("oneshot_layer_sparsity") or {}
-    convs = [v for k, v in layers.items() if "conv" in k]
+    stem, deepest = stem_and_deepest(m.get("oneshot_layer_sparsity") or {})
     cells = [f"`{name}`", f"{m['config']['loss']['lambda_l1']:g}",
              f"{m['history']['l1_norm'][m['epochs']['train'] - 1]:,.0f}",
-             f"{convs[0]:.2f} / {convs[-1]:.2f}" if convs else "—"]
+             f"{stem:.2f} / {deepest:.2f}" if stem is not None else "—"]
     for key, _ in STAGES:
       cells += [_cell(measured[key]["clean"], n), _cell(measured[key]["pgd"], n)]
     lines.append("| " + " | ".join(cells) + " |")

@@ -21,7 +21,11 @@ def _write(results, name, lambda_l1, trained, pruned, finetuned):
                   "l1_norm": [15000.0, 9000.0 if lambda_l1 else 14000.0, 5000.0]},
       "validation": {"examples": 1000, "after_prune": {
           "clean_accuracy": pruned[0], "pgd_accuracy": pruned[1]}},
-      "oneshot_layer_sparsity": {"stem_conv": 0.3, "s3b3_conv2": 0.9, "logits": 0.4},
+      # As train.py writes it: sorted by name, so neither the stem nor the
+      # deepest conv is at an end.
+      "oneshot_layer_sparsity": {"logits": 0.4, "s1b1_conv1": 0.5,
+                                 "s2b1_conv1": 0.7, "s3b3_conv1": 0.85,
+                                 "s3b3_conv2": 0.9, "stem_conv": 0.3},
       "data": {"source": "image_folder:/data", "train_examples": 19000},
       "provenance": {"git_commit": "abc123def456", "date": "2026-12-01T00:00:00"}}))
 
