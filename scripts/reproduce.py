@@ -63,11 +63,21 @@ def define_flags():
 
 
 def budget_variants(folder):
-  """The variants of a budget folder, in the order reproduce runs them."""
+  """The variants of a budget folder, in the order reproduce runs them.
+
+  A variant that starts from another run's phase 1 (--init_from) runs after
+  every variant that does not, so its source has finished by then.
+  """
   names = sorted(name[:-len(".flags")] for name in os.listdir(folder)
                  if name.endswith(".flags") and not name.startswith("_"))
   rank = {name: i for i, name in enumerate(VARIANTS)}
-  return sorted(names, key=lambda name: (rank.get(name, len(VARIANTS)), name))
+
+  def starts_from_another(name):
+    with open(os.path.join(folder, f"{name}.flags")) as f:
+      return any(line.strip().startswith("--init_from=") for line in f)
+
+  return sorted(names, key=lambda name: (starts_from_another(name),
+                                         rank.get(name, len(VARIANTS)), name))
 
 
 def _flagfile(variant):

@@ -26,6 +26,9 @@ from scripts import _cli  # noqa: E402
 FLAGS = flags.FLAGS
 REFERENCE = "at_prune_85"
 PREFIX = "rsr_l1_"
+# noise_kept_l1_<lambda> restores rsr_l1_<lambda>'s phase 1 and fine-tunes with
+# --noise_std=kept: the noise scale after pruning (issue 15, point 4).
+NOISE_KEPT_PREFIX = "noise_kept_l1_"
 # (key, header): the three moments the sweep measures, on validation images.
 STAGES = (("trained", "after phase 1"), ("pruned", "after the prune"),
           ("finetuned", "after fine-tuning"))
@@ -38,7 +41,11 @@ def define_flags():
 
 
 def load(folder):
-  """{run name: metrics.json}, RSR runs by increasing lambda, then the reference."""
+  """({run name: metrics.json}, {twin name: metrics.json}).
+
+  The first holds the RSR runs by increasing lambda, then the reference; the
+  second the --noise_std=kept twins.
+  """
   runs = {}
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name, "metrics.json")
@@ -50,7 +57,9 @@ def load(folder):
         _cli.fail(f"{path} is not readable JSON: {e}")
   order = sorted((n for n in runs if n.startswith(PREFIX)),
                  key=lambda n: runs[n]["config"]["loss"]["lambda_l1"])
-  return {n: runs[n] for n in order + [n for n in runs if n == REFERENCE]}
+  twins = {n: runs[n] for n in sorted(runs) if n.startswith(NOISE_KEPT_PREFIX)}
+  return ({n: runs[n] for n in order + [n for n in runs if n == REFERENCE]},
+          twins)
 
 
 def stages(metrics):
@@ -139,6 +148,37 @@ def verdicts(runs):
   return "\n".join(lines)
 
 
+def _versus(a, b, n_a, n_b):
+  """'+x.x (±m): verdict' for two accuracies on validation images, unpaired."""
+  margin = 2 * math.hypot(_se(a, n_a), _se(b, n_b))
+  verdict = ("better" if a - b > margin else "worse" if b - a > margin
+             else "no difference beyond the noise")
+  return f"{100 * (a - b):+.1f} (±{100 * margin:.1f}): {verdict}"
+
+
+def noise_scale(runs, twins):
+  """The noise scale after pruning: each kept twin against its all source."""
+  if not twins:
+    return "Not measured yet (`noise_kept_l1_<lambda>` runs)."
+  lines = ["| run | against | stage | clean, kept | clean, all | kept - all | "
+           "PGD-7, kept | PGD-7, all | kept - all |", "|" + "---|" * 9]
+  for name, twin in twins.items():
+    source = PREFIX + name[len(NOISE_KEPT_PREFIX):]
+    if source not in runs:
+      lines.append(f"| `{name}` | `{source}` has not run | | | | | | | |")
+      continue
+    kept, n_kept = stages(twin)
+    full, n_full = stages(runs[source])
+    for key, what in STAGES[1:]:
+      cells = [f"`{name}`", f"`{source}`", what]
+      for metric in ("clean", "pgd"):
+        a, b = kept[key][metric], full[key][metric]
+        cells += ["—", "—", "—"] if a is None or b is None else [
+            _cell(a, n_kept), _cell(b, n_full), _versus(a, b, n_kept, n_full)]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot(runs, path):
   from rsr_tf import plotting  # noqa: E402  (matplotlib only when needed)
   rsr = {n: m for n, m in runs.items() if n != REFERENCE}
@@ -152,7 +192,7 @@ def plot(runs, path):
                  title="Lasso sweep: held-out accuracy of RSR at 85% sparsity")
 
 
-def document(runs, sweep):
+def document(runs, twins, sweep):
   any_run = next(iter(runs.values()))
   data = any_run["data"]
   provenance = sorted({(m["provenance"]["git_commit"][:12],
@@ -178,6 +218,17 @@ def document(runs, sweep):
       "",
       "![lasso sweep](lasso_sweep.png)",
       "",
+      "## The noise scale after pruning",
+      "",
+      "PNI-W draws its noise with std(w) of the whole kernel, as the formula "
+      "reads (`--noise_std=all`); after an 85% prune the zeros shrink it. "
+      "`--noise_std=kept` takes it over the kept weights only. Each twin "
+      "restores its source's phase 1 (`--init_from`) and differs from it only "
+      "in that setting; margins are two unpaired standard errors on the "
+      "validation images.",
+      "",
+      noise_scale(runs, twins),
+      "",
       "Runs: " + "; ".join(f"commit `{c}`, {d}" for c, d in provenance) + ". "
       "Reproduce: `python scripts/reproduce.py --budget=lasso_sweep "
       "--steps=train,collect --image_folder=DIR`, then this script.",
@@ -188,14 +239,14 @@ def main(argv):
   if len(argv) > 1:
     _cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   folder = os.path.join(FLAGS.results_dir, FLAGS.sweep)
-  runs = load(folder) if os.path.isdir(folder) else {}
+  runs, twins = load(folder) if os.path.isdir(folder) else ({}, {})
   if not runs:
     _cli.fail(f"no metrics.json under {folder}; run scripts/reproduce.py "
               f"--budget={FLAGS.sweep} first")
   from rsr_tf import outputs  # noqa: E402
   plot(runs, os.path.join(FLAGS.results_dir, "lasso_sweep.png"))
   path = os.path.join(FLAGS.results_dir, "LASSO_SWEEP.md")
-  outputs.write_text_atomic(path, document(runs, FLAGS.sweep))
+  outputs.write_text_atomic(path, document(runs, twins, FLAGS.sweep))
   print(f"wrote {path}, lasso_sweep.png")
 
 

@@ -44,7 +44,11 @@ VARIANTS = ("natural", "at", "pni_at", "rsr_50", "rsr_70", "rsr_85", "rsr_95",
             "at_prune_85")
 CPU_LONG = ("at", "at_seed1", "pni_at", "at_prune_85", "rsr_85", "rsr_85_seed1")
 LASSO_VALUES = ("0", "5e-6", "5e-5", "2e-4", "1e-3")
-LASSO_SWEEP = tuple(f"rsr_l1_{v}" for v in LASSO_VALUES) + ("at_prune_85",)
+# The noise-scale twin (point 4 of issue 15): one lambda's phase 1, pruned
+# and fine-tuned with --noise_std=kept.
+NOISE_KEPT = {"noise_kept_l1_2e-4": "rsr_l1_2e-4"}
+LASSO_SWEEP = (tuple(f"rsr_l1_{v}" for v in LASSO_VALUES) + ("at_prune_85",)
+               + tuple(NOISE_KEPT))
 # The budgets of the built-in ResNet-20 on 2 cores.
 CPU_BUDGETS = ("cpu", "cpu_long", "lasso_sweep")
 SEED_SUFFIX = "_seed1"
@@ -168,7 +172,7 @@ def test_sparsity_sweep_prunes_the_rsr_85_dense_model(configs):
       for key in ("prune", "output_dir", "init_from"):
         source.pop(key), config.pop(key)
       assert config == source, name  # the same phase 1 in every other respect
-    else:
+    elif variant not in NOISE_KEPT:  # those have their own test
       assert not config["init_from"], name
 
 
@@ -201,6 +205,18 @@ def test_the_lasso_sweep_varies_lambda_alone_on_held_out_validation(configs):
       config.pop(key)
     other = {k: v for k, v in base.items() if k not in ("loss", "output_dir")}
     assert config == other, value
+  for twin, source in NOISE_KEPT.items():
+    kept = dict(configs[f"lasso_sweep/{twin}.flags"])
+    original = dict(configs[f"lasso_sweep/{source}.flags"])
+    assert kept["prune"]["noise_std"] == "kept"
+    assert original["prune"]["noise_std"] == "all"
+    assert kept["init_from"] == f"runs/lasso_sweep/{source}"
+    for config in (kept, original):
+      for key in ("output_dir", "init_from"):
+        config.pop(key)
+      config["prune"] = {k: v for k, v in config["prune"].items()
+                         if k != "noise_std"}
+    assert kept == original, twin
   reference = configs["lasso_sweep/at_prune_85.flags"]
   assert reference["model"]["noise"] == "none"
   assert reference["loss"]["lambda_l1"] == 0

@@ -94,3 +94,14 @@ def test_a_tiny_budget_trains_evaluates_and_collects(tmp_path):
   assert (tmp_path / "results" / "models" / "tiny" / "at.keras").stat().st_size > 0
   assert "$ python scripts/train.py" in (tmp_path / "runs" / "at" / "train.log"
                                           ).read_text()
+
+
+def test_a_variant_starting_from_another_runs_after_it(tmp_path):
+  sys.path.insert(0, ROOT)
+  from scripts import reproduce
+  for name, extra in (("a_twin", "--init_from=runs/x/z_source\n"),
+                      ("z_source", ""), ("at", "")):
+    (tmp_path / f"{name}.flags").write_text(f"--output_dir=runs/x/{name}\n{extra}")
+  (tmp_path / "_shared.flags").write_text("--epochs=1\n")
+  # By name alone a_twin would run first, before the phase 1 it restores.
+  assert reproduce.budget_variants(str(tmp_path)) == ["at", "z_source", "a_twin"]

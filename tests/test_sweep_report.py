@@ -59,3 +59,24 @@ def test_no_runs_is_one_line(tmp_path):
   result = _run(tmp_path)
   assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
   assert "run scripts/reproduce.py --budget=lasso_sweep first" in result.stderr
+
+
+def test_the_noise_scale_twin_is_read_against_its_source(tmp_path):
+  _write(tmp_path, "at_prune_85", 0.0, (0.70, 0.30), (0.20, 0.05), (0.65, 0.28))
+  _write(tmp_path, "rsr_l1_2e-4", 2e-4, (0.66, 0.30), (0.50, 0.20), (0.62, 0.25))
+  # Same phase 1; kept weights give more noise: PGD-7 up 10 points after the
+  # prune (beyond the noise), clean down 1 after fine-tuning (within it).
+  _write(tmp_path, "noise_kept_l1_2e-4", 2e-4, (0.66, 0.30), (0.50, 0.30),
+         (0.61, 0.26))
+  result = _run(tmp_path)
+  assert result.returncode == 0, result.stderr
+  text = (tmp_path / "LASSO_SWEEP.md").read_text()
+  # The twin is not a lambda of the sweep: one table row per lambda run.
+  rows = [l for l in text.split("## The noise scale")[0].splitlines()
+          if l.startswith("| `")]
+  assert [r.split("|")[1].strip() for r in rows] == ["`rsr_l1_2e-4`", "`at_prune_85`"]
+  section = text.split("## The noise scale after pruning")[1]
+  pruned = next(l for l in section.splitlines() if "after the prune" in l)
+  assert "| 30.0 ± 1.4 | 20.0 ± 1.3 | +10.0 (±3.8): better |" in pruned
+  tuned = next(l for l in section.splitlines() if "after fine-tuning" in l)
+  assert "| 61.0 ± 1.5 | 62.0 ± 1.5 | -1.0 (±4.4): no difference" in tuned
