@@ -196,7 +196,8 @@ def document(runs, twins, sweep):
   any_run = next(iter(runs.values()))
   data = any_run["data"]
   provenance = sorted({(m["provenance"]["git_commit"][:12],
-                        m["provenance"]["date"][:10]) for m in runs.values()})
+                        m["provenance"]["date"][:10])
+                       for m in [*runs.values(), *twins.values()]})
   return "\n".join([
       "# The lasso sweep",
       "",
