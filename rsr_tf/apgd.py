@@ -9,17 +9,20 @@ import rsr_tf  # noqa: F401  (before TensorFlow: selects Keras 2)
 import numpy as np
 import tensorflow as tf
 
+from rsr_tf.perturbation import ascent_direction
+from rsr_tf.perturbation import fooling_margin
+from rsr_tf.perturbation import NORMS
+from rsr_tf.perturbation import per_example
+from rsr_tf.perturbation import PROJECTIONS
+from rsr_tf.perturbation import random_start
+from rsr_tf.perturbation import TINY
+from rsr_tf.perturbation import true_logit
+
 # The paper's constants (section 3.2): the loss must have risen in at least
 # 75% of a window's steps, or the step size halves; momentum weight 0.75.
 _RHO = 0.75
 _MOMENTUM = 0.75
-# Bisection steps of the L2 projection: 2^-25 is below float32's resolution
-# of the scale in [0, 1], so more steps cannot move the result.
-_BISECTION_STEPS = 25
-# Keeps normalisations and DLR finite where a norm or a logit gap is 0.
-_TINY = 1e-12
 
-NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr")
 
 # Both tracks are per example, and in both larger is more adversarial.
@@ -73,17 +76,6 @@ def _review_windows(steps):
   return windows
 
 
-def _true_logit(logits, labels):
-  return tf.gather(logits, labels, axis=-1, batch_dims=1)
-
-
-def _margin(logits, labels):
-  """Largest other logit minus the true one: > 0 exactly when fooled."""
-  others = tf.where(tf.one_hot(labels, tf.shape(logits)[-1]) > 0,
-                    tf.fill(tf.shape(logits), logits.dtype.min), logits)
-  return tf.reduce_max(others, axis=-1) - _true_logit(logits, labels)
-
-
 def _ce_loss(logits, labels, targets):
   del targets  # untargeted
   return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
@@ -94,14 +86,14 @@ def _dlr_loss(logits, labels, targets):
   """Difference of logits ratio: the margin over (top - third) logit."""
   del targets  # untargeted
   ranked = tf.sort(logits, axis=-1, direction="DESCENDING")
-  return _margin(logits, labels) / (ranked[:, 0] - ranked[:, 2] + _TINY)
+  return fooling_margin(logits, labels) / (ranked[:, 0] - ranked[:, 2] + TINY)
 
 
 def _targeted_dlr_loss(logits, labels, targets):
   """Targeted DLR: (target - true logit) over (top - mean of 3rd, 4th)."""
   ranked = tf.sort(logits, axis=-1, direction="DESCENDING")
-  gap = _true_logit(logits, targets) - _true_logit(logits, labels)
-  return gap / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + _TINY)
+  gap = true_logit(logits, targets) - true_logit(logits, labels)
+  return gap / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + TINY)
 
 
 # Loss name -> (per-example loss, fewest classes it is defined for).
@@ -132,81 +124,6 @@ def _num_classes(model_fn, x):
   return int(model_fn(tf.constant(x[:1])).shape[-1])
 
 
-def _per_example(values):
-  """[N] -> [N, 1, 1, 1], to scale or select whole images."""
-  return tf.reshape(values, [-1, 1, 1, 1])
-
-
-def _l2_norm(images):
-  return tf.sqrt(tf.reduce_sum(tf.square(images), axis=[1, 2, 3]))
-
-
-def _linf_norm(images):
-  return tf.reduce_max(tf.abs(images), axis=[1, 2, 3])
-
-
-def _project_linf(z, x, eps):
-  """The closest point to z in the L-inf ball around x, inside [0, 1]."""
-  return tf.clip_by_value(tf.clip_by_value(z, x - eps, x + eps), 0.0, 1.0)
-
-
-def _project_l2(z, x, eps):
-  """The closest point to z in the L2 ball around x, inside [0, 1].
-
-  Exact, unlike scaling into the ball and then clipping (which AutoAttack
-  does): the problem is separable up to one multiplier, so the answer is
-  clip(x + t (z - x), 0, 1) for the largest t in [0, 1] that stays in the
-  ball. Its distance from x grows with t, so bisection finds t; keeping the
-  feasible end of the bracket keeps the result inside the ball.
-  """
-  delta = z - x
-
-  def at(t):
-    return tf.clip_by_value(x + _per_example(t) * delta, 0.0, 1.0)
-
-  def inside(t):
-    return _l2_norm(at(t) - x) <= eps
-
-  def halve(low, high):
-    middle = 0.5 * (low + high)
-    ok = inside(middle)
-    return tf.where(ok, middle, low), tf.where(ok, high, middle)
-
-  ones = tf.ones_like(delta[:, 0, 0, 0])
-  # A loop op, not an unrolled python loop: it keeps the graph small, and
-  # tracing an unrolled one took seconds.
-  low, _ = tf.while_loop(lambda *_: True, halve, (tf.zeros_like(ones), ones),
-                         maximum_iterations=_BISECTION_STEPS)
-  return at(tf.where(inside(ones), ones, low))
-
-
-_PROJECTIONS = {"linf": _project_linf, "l2": _project_l2}
-
-
-def _ascent_direction(grad, norm):
-  """The steepest-ascent step of unit size in `norm`."""
-  if norm == "linf":
-    return tf.sign(grad)
-  return grad / (_per_example(_l2_norm(grad)) + _TINY)
-
-
-def _random_start(x, eps, norm, seed):
-  """A random point on the eps-sphere around x, clipped to [0, 1].
-
-  As AutoAttack: L-inf scales uniform noise until its largest entry is eps,
-  L2 scales Gaussian noise to norm eps.
-  """
-  if norm == "linf":
-    noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
-    scale = _linf_norm(noise)
-  else:
-    noise = tf.random.stateless_normal(tf.shape(x), seed)
-    scale = _l2_norm(noise)
-  # Projected, not just clipped: float rounding could put it a hair outside.
-  return _PROJECTIONS[norm](x + eps * noise / (_per_example(scale) + _TINY),
-                            x, eps)
-
-
 def _eot_mean(draw, eot_samples):
   """The mean of `draw()` (a tuple of tensors) over `eot_samples` calls.
 
@@ -232,10 +149,10 @@ def _keep_better(found, other):
   by_margin = other.margin > found.margin
   by_loss = other.loss > found.loss
   return _Found(
-      margin_x=tf.where(_per_example(by_margin), other.margin_x,
+      margin_x=tf.where(per_example(by_margin), other.margin_x,
                         found.margin_x),
       margin=tf.maximum(found.margin, other.margin),
-      loss_x=tf.where(_per_example(by_loss), other.loss_x, found.loss_x),
+      loss_x=tf.where(per_example(by_loss), other.loss_x, found.loss_x),
       loss=tf.maximum(found.loss, other.loss))
 
 
@@ -246,7 +163,7 @@ def _returned_point(found):
   largest margin among them; otherwise it gets the point of highest
   expected loss, never the unperturbed image.
   """
-  return np.asarray(tf.where(_per_example(found.margin > 0), found.margin_x,
+  return np.asarray(tf.where(per_example(found.margin > 0), found.margin_x,
                              found.loss_x))
 
 
@@ -276,11 +193,11 @@ def _run_apgd(evaluate, project, direction, windows, x, eps, start):
 
   def body(i, s):
     momentum = tf.where(i == 0, 1.0, _MOMENTUM)
-    z = project(s.x_k + _per_example(s.step) * direction(s.grad), x, eps)
+    z = project(s.x_k + per_example(s.step) * direction(s.grad), x, eps)
     x_next = project(s.x_k + momentum * (z - s.x_k)
                      + (1.0 - momentum) * (s.x_k - s.x_prev), x, eps)
     loss, grad, margin = evaluate(x_next)
-    best_grad = tf.where(_per_example(loss > s.found.loss), grad, s.best_grad)
+    best_grad = tf.where(per_example(loss > s.found.loss), grad, s.best_grad)
     found = _keep_better(s.found, _Found(x_next, margin, x_next, loss))
     rises = s.rises + tf.cast(loss > s.last_loss, tf.float32)
     window = tf.gather(windows, i)
@@ -290,7 +207,7 @@ def _run_apgd(evaluate, project, direction, windows, x, eps, start):
     halve = review & ((rises <= _RHO * window) | (
         ~s.halved_at_review & (found.loss <= s.loss_at_review)))
     # A halved example restarts from its best point, without momentum.
-    back = _per_example(halve)
+    back = per_example(halve)
     return i + 1, _State(
         x_k=tf.where(back, found.loss_x, x_next),
         x_prev=tf.where(back, found.loss_x, s.x_k),
@@ -317,7 +234,7 @@ def _compiled_attack(model_fn, norm, loss, steps, eot_samples):
   new eps or seed does not retrace, and callers pad batches to one size.
   """
   loss_fn = _LOSS_FNS[loss][0]
-  project = _PROJECTIONS[norm]
+  project = PROJECTIONS[norm]
   windows = tf.constant(_review_windows(steps), tf.float32)
 
   @tf.function
@@ -334,11 +251,11 @@ def _compiled_attack(model_fn, norm, loss, steps, eot_samples):
 
     def evaluate(images):
       losses, grad, logits = _eot_mean(lambda: draw(images), eot_samples)
-      return losses, grad, _margin(logits, labels)
+      return losses, grad, fooling_margin(logits, labels)
 
-    start = _random_start(x, eps, norm, seed)
+    start = random_start(x, eps, norm, seed)
     return _run_apgd(evaluate, project,
-                     lambda g: _ascent_direction(g, norm), windows, x, eps,
+                     lambda g: ascent_direction(g, norm), windows, x, eps,
                      start)
   return attack
 

@@ -7,11 +7,15 @@ import rsr_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+from rsr_tf.perturbation import fooling_margin
+from rsr_tf.perturbation import l2_norm
+from rsr_tf.perturbation import per_example
+from rsr_tf.perturbation import TINY
+
 # Iterations, on a 10,000-query budget, after which the square's area fraction
 # p halves (the paper's schedule; AutoAttack rescales it to the actual budget).
 _HALVING_AT = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _DEFAULT_P_INIT = {"linf": 0.8, "l2": 0.1}
-_TINY = 1e-12
 
 
 def _check_arguments(norm, eps, queries, p_init, noise_draws, batch_size, seed):
@@ -150,11 +154,6 @@ def _per_channel_norm(z):
   return tf.sqrt(tf.reduce_sum(tf.square(z), axis=[1, 2], keepdims=True))
 
 
-def _image_norm(z):
-  """L2 norm over the whole image, [n, 1, 1, 1]."""
-  return tf.sqrt(tf.reduce_sum(tf.square(z), axis=[1, 2, 3], keepdims=True))
-
-
 def _linf_init(key, x, eps):
   """Vertical stripes: each column of each channel moves by +eps or -eps."""
   n, _, width, channels = x.shape
@@ -192,8 +191,8 @@ def _l2_init(key, x, eps):
   top, left = (height - tiles_h * side) // 2, (width - tiles_w * side) // 2
   delta = tf.pad(tiles * signs, [[0, 0], [top, height - top - tiles_h * side],
                                  [left, width - left - tiles_w * side], [0, 0]])
-  return tf.clip_by_value(x + delta * eps / (_image_norm(delta) + _TINY),
-                          0.0, 1.0)
+  return tf.clip_by_value(
+      x + delta * eps / (per_example(l2_norm(delta)) + TINY), 0.0, 1.0)
 
 
 def _placed_eta(table, side, rows, cols, flip, height, width):
@@ -235,25 +234,17 @@ def _l2_propose(key, x, x_best, eps, side):
   both = tf.maximum(first, _window(rows2, cols2, side, height, width))
   old = delta * first
   proposal = (_placed_eta(table, side, rows, cols, flip, height, width) * signs
-              + old / (_per_channel_norm(old) + _TINY))
-  spare = tf.maximum(eps ** 2 - tf.square(_image_norm(delta)), 0.0)
+              + old / (_per_channel_norm(old) + TINY))
+  spare = tf.maximum(eps ** 2 - tf.square(per_example(l2_norm(delta))), 0.0)
   target = tf.sqrt(spare / channels + tf.square(_per_channel_norm(delta * both)))
-  proposal = proposal / (_per_channel_norm(proposal) + _TINY) * target
+  proposal = proposal / (_per_channel_norm(proposal) + TINY) * target
   delta = delta * (1.0 - both) + proposal
-  return tf.clip_by_value(x + delta * eps / (_image_norm(delta) + _TINY),
-                          0.0, 1.0)
+  return tf.clip_by_value(
+      x + delta * eps / (per_example(l2_norm(delta)) + TINY), 0.0, 1.0)
 
 
 # Norm name -> (initial point, candidate step): the one list of norms.
 _NORMS = {"linf": (_linf_init, _linf_propose), "l2": (_l2_init, _l2_propose)}
-
-
-def _margin(logits, labels):
-  """True-class logit minus the best other one: < 0 means misclassified."""
-  true = tf.gather(logits, labels, axis=-1, batch_dims=1)
-  others = tf.where(tf.one_hot(labels, tf.shape(logits)[-1]) > 0,
-                    tf.fill(tf.shape(logits), logits.dtype.min), logits)
-  return true - tf.reduce_max(others, axis=-1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -264,7 +255,8 @@ def _compiled_search(model_fn, norm, noise_draws):
 
   def mean_margin(x, labels):
     # Separate calls, not a tiled batch: each call draws its own weight noise.
-    margins = [_margin(tf.cast(model_fn(x), tf.float32), labels)
+    # True logit minus the best other: < 0 means fooled, as search wants.
+    margins = [-fooling_margin(tf.cast(model_fn(x), tf.float32), labels)
                for _ in range(noise_draws)]
     return tf.add_n(margins) / noise_draws
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from rsr_tf import apgd as apgd_lib
+from rsr_tf import perturbation
 
 
 def _linear_model(weights, bias):
@@ -111,23 +112,23 @@ def test_l2_projection_is_the_closest_feasible_point():
   x = tf.constant(rng.uniform(0.8, 1.0, size=(16, 2, 2, 1)), tf.float32)
   z = x + tf.constant(rng.normal(0.3, 0.5, size=(16, 2, 2, 1)), tf.float32)
   eps = 0.4
-  projected = apgd_lib._project_l2(z, x, eps)
-  assert np.all(np.asarray(apgd_lib._l2_norm(projected - x)) <= eps + 1e-6)
+  projected = perturbation.project_l2(z, x, eps)
+  assert np.all(np.asarray(perturbation.l2_norm(projected - x)) <= eps + 1e-6)
   assert np.all((np.asarray(projected) >= 0) & (np.asarray(projected) <= 1))
   # Closer to z than scaling into the ball and then clipping (AutoAttack's
   # way), and strictly closer where the box binds.
   delta = z - x
-  scale = tf.minimum(1.0, eps / apgd_lib._l2_norm(delta))
-  scaled = tf.clip_by_value(x + apgd_lib._per_example(scale) * delta, 0, 1)
-  ours = np.asarray(apgd_lib._l2_norm(projected - z))
-  theirs = np.asarray(apgd_lib._l2_norm(scaled - z))
+  scale = tf.minimum(1.0, eps / perturbation.l2_norm(delta))
+  scaled = tf.clip_by_value(x + perturbation.per_example(scale) * delta, 0, 1)
+  ours = np.asarray(perturbation.l2_norm(projected - z))
+  theirs = np.asarray(perturbation.l2_norm(scaled - z))
   assert np.all(ours <= theirs + 1e-6)
   assert np.any(ours < theirs - 1e-3)
   # And no random feasible point is closer.
   for _ in range(20):
-    other = apgd_lib._project_l2(
+    other = perturbation.project_l2(
         x + tf.random.normal(x.shape, stddev=0.3), x, eps)
-    assert np.all(ours <= np.asarray(apgd_lib._l2_norm(other - z)) + 1e-6)
+    assert np.all(ours <= np.asarray(perturbation.l2_norm(other - z)) + 1e-6)
 
 
 def _two_basin_model():
@@ -261,7 +262,7 @@ def test_eps_zero_output_comes_from_the_projection(monkeypatch):
   # A broken projection must show at eps = 0: no shortcut returns x.
   def broken(z, x, eps):
     return tf.clip_by_value(z + 0.01, 0.0, 1.0)
-  monkeypatch.setitem(apgd_lib._PROJECTIONS, "linf", broken)
+  monkeypatch.setitem(perturbation.PROJECTIONS, "linf", broken)
   model_fn = _random_linear_model()  # a new callable, compiled with `broken`
   x = np.full((2, 4, 4, 1), 0.5, np.float32)
   assert not np.array_equal(apgd_lib.apgd(model_fn, x, [0, 1], 0.0, steps=2), x)
