@@ -2,8 +2,9 @@
 
 Measured: file size and gzip size, weight sparsity read from the artifact's
 own stored weights, latency. Checked, noise off: determinism, and logit parity
-(float) or paired accuracy parity (quantised; top-1 agreement is reported). Checked, noise on: the noise survived, and the accuracy over
-noise draws matches Keras' within the spread (`scoring.tolerance`).
+(float) or paired accuracy parity (quantised; top-1 agreement is reported).
+Checked, noise on: the noise survived, and the accuracy over noise draws
+matches Keras' within the spread (`scoring.tolerance`).
 """
 
 import gzip
@@ -141,14 +142,13 @@ def verify(fmt, classify, reference, images, labels, config, noisy,
                        "two invokes on the same images agree exactly"))
   logits = classify(images)
   diff = float(np.max(np.abs(logits - reference["logits"])))
-  agreement = float(np.mean(np.argmax(logits, -1) ==
-                            np.argmax(reference["logits"], -1)))
+  top1, keras_top1 = np.argmax(logits, -1), np.argmax(reference["logits"], -1)
+  agreement = float(np.mean(top1 == keras_top1))
   if fmt in artifacts.QUANTIZED:
     # Issue 17's gate is accuracy parity; agreement is limited by the
     # model's own margins, so it is gated only when the user asks.
-    keras_correct = np.argmax(reference["logits"], -1) == labels
-    gap, limit = scoring.paired_tolerance(
-        (np.argmax(logits, -1) == labels)[None], keras_correct[None])
+    gap, limit = scoring.paired_tolerance((top1 == labels)[None],
+                                          (keras_top1 == labels)[None])
     checks.append(_check(
         "accuracy matches Keras", gap, limit, gap <= limit,
         "paired over the same images: |accuracy - Keras accuracy| <= 2 "

@@ -118,6 +118,14 @@ def table(runs):
   return "\n".join(lines)
 
 
+def _compare(a, b, n_a, n_b):
+  """(two unpaired standard errors, verdict) for accuracy a against b."""
+  margin = 2 * math.hypot(_se(a, n_a), _se(b, n_b))
+  verdict = ("better" if a - b > margin else "worse" if b - a > margin
+             else "no difference beyond the noise")
+  return margin, verdict
+
+
 def verdicts(runs):
   """Each lambda against the reference after fine-tuning, and the selection."""
   if REFERENCE not in runs:
@@ -132,9 +140,7 @@ def verdicts(runs):
       a, b = mine[key]["pgd"], ref[key]["pgd"]
       if a is None or b is None:
         continue
-      margin = 2 * math.hypot(_se(a, n), _se(b, n_ref))
-      verdict = ("better" if a - b > margin else "worse" if b - a > margin
-                 else "no difference beyond the noise")
+      margin, verdict = _compare(a, b, n, n_ref)
       lines.append(f"- `{name}` {what}: PGD-7 {100 * (a - b):+.1f} points against "
                    f"`{REFERENCE}` (±{100 * margin:.1f}, two standard errors, "
                    f"unpaired): **{verdict}**.")
@@ -150,9 +156,7 @@ def verdicts(runs):
 
 def _versus(a, b, n_a, n_b):
   """'+x.x (±m): verdict' for two accuracies on validation images, unpaired."""
-  margin = 2 * math.hypot(_se(a, n_a), _se(b, n_b))
-  verdict = ("better" if a - b > margin else "worse" if b - a > margin
-             else "no difference beyond the noise")
+  margin, verdict = _compare(a, b, n_a, n_b)
   return f"{100 * (a - b):+.1f} (±{100 * margin:.1f}): {verdict}"
 
 
