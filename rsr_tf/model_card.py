@@ -1,14 +1,13 @@
 """A model card beside each evaluation: what a leaderboard entry needs, as JSON and Markdown.
 
 Built from eval.json alone (`card(report)`), so `evaluate.py --rescore`
-rebuilds it with the numbers it re-derived. Numpy-free and TensorFlow-free.
+rebuilds it with the numbers it re-derived. TensorFlow-free.
 """
 
 import gzip
 import os
 
-# The eval.json entry the headline is read from.
-HEADLINE = "robust_all"
+from rsr_tf.scoring import HEADLINE
 
 
 def file_sizes(path):

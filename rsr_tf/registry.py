@@ -10,6 +10,8 @@ is built, so config and report can import this module cheaply.
 import dataclasses
 from typing import Callable
 
+from rsr_tf import scoring
+
 CLEAN, WHITE_BOX, QUERY, TRANSFER = ("clean", "white-box", "black-box (query)",
                                      "black-box (transfer)")
 # How adversarial images are made: not at all, again in every noise pass, or
@@ -243,8 +245,7 @@ ATTACKS = {a.name: a for a in (
 # Not an attack: PGD at several eps, for the curve and two sanity checks.
 EPS_SWEEP = "eps_sweep"
 NAMES = tuple(ATTACKS) + (EPS_SWEEP,)
-# The eval.json entry of the headline, robust accuracy (all attacks).
-HEADLINE = "robust_all"
+HEADLINE = scoring.HEADLINE
 
 # Each preset fixes an attack set (on a noisy model every extra attack is one
 # more noise draw, so models are compared under one preset) and the budgets

@@ -29,8 +29,7 @@ VARIANTS = (
 )
 # A variant's further seeds are collected beside it as <variant>_seed1, ...
 SEED_SUFFIX = "_seed"
-# The headline's key, used beside eval.json's attack names.
-HEADLINE = "robust_all"
+HEADLINE = scoring.HEADLINE
 # Whole-set attacks, in evaluate.py's order: what the headline may combine.
 ENSEMBLE = ("clean", "fgsm", "pgd", "pgd_strong", "mim", "eot_pgd", "apgd_ce",
             "apgd_dlr", "transfer")

@@ -8,6 +8,10 @@ import math
 
 import numpy as np
 
+# The eval.json entry of the headline, robust accuracy (all attacks): the
+# one name evaluation, model cards and the report read it under.
+HEADLINE = "robust_all"
+
 
 def all_attacks(correct):
   """AutoAttack's rule: robust in a pass only if every attack failed in it.
