@@ -47,8 +47,12 @@ LASSO_VALUES = ("0", "5e-6", "5e-5", "2e-4", "1e-3")
 # The noise-scale twin (point 4 of issue 15): one lambda's phase 1, pruned
 # and fine-tuned with --noise_std=kept.
 NOISE_KEPT = {"noise_kept_l1_2e-4": "rsr_l1_2e-4"}
+# Channel pruning at the sweep's budget (issue 17): one phase 1 with the group
+# lasso, pruned to 69% of the MACs; the milder prunes restore its phase 1.
+CHANNEL_TARGETS = {"rsr_channel_69": 0.69, "rsr_channel_60": 0.60,
+                   "rsr_channel_45": 0.45}
 LASSO_SWEEP = (tuple(f"rsr_l1_{v}" for v in LASSO_VALUES) + ("at_prune_85",)
-               + tuple(NOISE_KEPT))
+               + tuple(NOISE_KEPT) + tuple(CHANNEL_TARGETS))
 # The budgets of the built-in ResNet-20 on 2 cores.
 CPU_BUDGETS = ("cpu", "cpu_long", "lasso_sweep")
 SEED_SUFFIX = "_seed1"
@@ -172,7 +176,8 @@ def test_sparsity_sweep_prunes_the_rsr_85_dense_model(configs):
       for key in ("prune", "output_dir", "init_from"):
         source.pop(key), config.pop(key)
       assert config == source, name  # the same phase 1 in every other respect
-    elif variant not in NOISE_KEPT:  # those have their own test
+    elif variant not in NOISE_KEPT and variant not in CHANNEL_TARGETS:
+      # (those have their own tests)
       assert not config["init_from"], name
 
 
@@ -224,3 +229,20 @@ def test_the_lasso_sweep_varies_lambda_alone_on_held_out_validation(configs):
   for key in ("attack", "validation_pgd_steps"):
     assert base[key] == configs["cpu_long/at.flags"][key]
   assert base["optimizer"]["lr_schedule"] == "cosine"
+
+
+def test_channel_variants_differ_from_the_sweep_in_the_prune_and_lasso_alone(configs):
+  base = configs["lasso_sweep/rsr_l1_0.flags"]
+  source = "rsr_channel_69"
+  for name, target in CHANNEL_TARGETS.items():
+    config = dict(configs[f"lasso_sweep/{name}.flags"])
+    assert config["prune"]["structure"] == "channel"
+    assert config["prune"]["target_sparsity"] == target
+    assert config["loss"]["lambda_group"] > 0 and config["loss"]["lambda_l1"] == 0
+    assert config["init_from"] == ("" if name == source
+                                   else f"runs/lasso_sweep/{source}")
+    for key in ("loss", "prune", "output_dir", "init_from"):
+      config.pop(key)
+    other = {k: v for k, v in base.items()
+             if k not in ("loss", "prune", "output_dir", "init_from")}
+    assert config == other, name
