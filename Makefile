@@ -21,9 +21,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 # RSR on 1,000 images of the CIFAR-10 sample inside the package, then deployment:
 # int8 TFLite checked against Keras, and held-out images classified by the
-# TensorFlow-free runner. Offline, within 5 minutes on 2 cores: 3 + 1 epochs with
-# PGD-2 at step 8/255 (the cpu_long budget's attack, half PGD-7's cost); the final
-# check attacks 200 held-out images with PGD-7.
+# TensorFlow-free runner. Offline. 3 + 1 epochs with PGD-2 at step 8/255 (the
+# cpu_long budget's attack, half PGD-7's cost); the final check attacks 200
+# held-out images with PGD-7. 6 minutes after set-up on a 2-core AMD EPYC without
+# AVX-512, most of it tracing and start-up rather than training.
 demo: $(STAMP)
 	$(PY) scripts/train.py --embedded_sample --model=resnet20 --noise=channel \
 	  --train_limit=1000 --epochs=3 --adv_delay_epochs=0 --lr=0.05 --pgd_steps=2 \
