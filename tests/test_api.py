@@ -285,6 +285,21 @@ def test_the_readme_example_runs_as_written(tmp_path):
   assert results["apgd_ce"]["eot_samples"] == 2
 
 
+def _cpu_flags():
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].split() for line in f
+                   if line.startswith("flags")), [])
+  except OSError:
+    return []
+
+
+# The golden weights are bit-exact only on the kind of CPU that wrote them:
+# oneDNN picks other kernels without AVX-512, and rounding differs. On a
+# 2-core AMD EPYC without AVX-512 (2026-12-02), 3b1b81d's code and today's
+# gave bit-identical weights to each other, and both differed from the file.
+@pytest.mark.skipif("avx512f" not in _cpu_flags(),
+                    reason="golden weights were written on an AVX-512 CPU")
 def test_seeded_run_gives_the_golden_weights_of_the_commit_before_the_api():
   """experiment.run through train_rsr: bit for bit what 3b1b81d trained."""
   golden = os.path.join(ROOT, "tests", "golden", "resnet20_3b1b81d.npz")
