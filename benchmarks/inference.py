@@ -93,6 +93,8 @@ def measure(name, model, x, y, representative, batches, threads):
     # per setting, so noise-off rows are attacked white-box with the noise off.
     rsr_layers.set_noise_enabled(model, noise)
     forward = tf.function(attacks.inference_fn(model))
+    for batch in batches:  # traced now, while the switch is in this state
+      forward(tf.constant(x[:batch]))
     pgd = tf.function(lambda a, b: attacks.pgd(forward, a, b, eps=8 / 255,
                                                step_size=2 / 255, steps=7))
     # PGD-7 on the Keras model, scored on each artifact: the same
