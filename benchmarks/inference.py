@@ -130,21 +130,14 @@ def measure(name, model, x, y, representative, batches, threads):
 
 
 def time_all(timers, rounds, runs):
-  """Fills each timed key: the median over `rounds` interleaved rounds, in ms.
-
-  Every round times every call once, the models in turn, so a machine that
-  gets busier mid-run slows them alike and the speed-ups still compare.
-  """
-  import statistics  # noqa: E402
+  """{key: ms}: `latency.interleaved_median_ms` over every call, each on its batch."""
   from rsr_tf import latency  # noqa: E402
 
-  times = {key: [] for key in timers}
-  for round_index in range(rounds):
-    print(f"timing: round {round_index + 1} of {rounds}, {len(timers)} calls",
-          file=sys.stderr, flush=True)
-    for key, (fn, batch) in timers.items():
-      times[key].append(latency.median_ms(fn, batch, runs=runs))
-  return {key: statistics.median(values) for key, values in times.items()}
+  print(f"timing: {rounds} interleaved rounds of {len(timers)} calls",
+        file=sys.stderr, flush=True)
+  calls = {key: (lambda _, fn=fn, batch=batch: fn(batch))
+           for key, (fn, batch) in timers.items()}
+  return latency.interleaved_median_ms(calls, None, rounds=rounds, runs=runs)
 
 
 def _robust_cell(row, robust, noisy_models):
