@@ -131,7 +131,7 @@ def verdicts(runs):
   if REFERENCE not in runs:
     return "The reference (`at_prune_85`) has not run yet."
   ref, n_ref = stages(runs[REFERENCE])
-  lines, best = [], None
+  lines, ranked = [], []
   for name, m in runs.items():
     if name == REFERENCE:
       continue
@@ -144,13 +144,19 @@ def verdicts(runs):
       lines.append(f"- `{name}` {what}: PGD-7 {100 * (a - b):+.1f} points against "
                    f"`{REFERENCE}` (±{100 * margin:.1f}, two standard errors, "
                    f"unpaired): **{verdict}**.")
-    score = mine["finetuned"]["pgd"]
-    if best is None or score > best[1]:
-      best = (name, score, m["config"]["loss"]["lambda_l1"])
-  if best:
+    if mine["finetuned"]["pgd"] is not None:
+      ranked.append((mine["finetuned"]["pgd"], name, n,
+                     m["config"]["loss"]["lambda_l1"]))
+  ranked.sort(reverse=True)
+  if ranked:
+    score, name, n, lambda_l1 = ranked[0]
     lines.append(f"- Selected on validation PGD-7 after fine-tuning: "
-                 f"**lambda_l1 = {best[2]:g}** (`{best[0]}`, "
-                 f"{100 * best[1]:.1f}%).")
+                 f"**lambda_l1 = {lambda_l1:g}** (`{name}`, {100 * score:.1f}%).")
+  if len(ranked) > 1:
+    # A selection is only as firm as its lead over the runner-up.
+    second, second_name, second_n, _ = ranked[1]
+    lines.append(f"- Its lead over the runner-up `{second_name}`: "
+                 f"{_versus(score, second, n, second_n)}.")
   return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ def test_the_sweep_measures_each_stage_and_selects_on_validation(tmp_path):
   assert "`rsr_l1_0` after fine-tuning: PGD-7 +1.0 points" in text
   assert "no difference beyond the noise" in text and "**better**" in text
   assert "**lambda_l1 = 0.001** (`rsr_l1_1e-3`, 34.0%)" in text
+  assert "lead over the runner-up `rsr_l1_0`: +5.0 (±4.1): better." in text
   assert "19,000 training images" in text
   assert (tmp_path / "lasso_sweep.png").stat().st_size > 1000
 
