@@ -11,6 +11,8 @@ import rsr_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+from rsr_tf import registry  # the names of the threat models
+
 try:
   from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
   from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
@@ -32,14 +34,14 @@ def inference_fn(model):
   return lambda x: model(x, training=False)
 
 
-# The threat models, by name: CleverHans's `norm` argument for each.
-NORMS = {"linf": np.inf, "l2": 2}
+# CleverHans's `norm` argument for each threat model of registry.NORMS.
+CLEVERHANS_ORD = {"linf": np.inf, "l2": 2}
 
 
 def _norm(norm):
-  if norm not in NORMS:
-    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-  return NORMS[norm]
+  if norm not in registry.NORMS:
+    raise ValueError(f"norm must be one of {', '.join(registry.NORMS)}, got {norm!r}")
+  return CLEVERHANS_ORD[norm]
 
 
 def _check_static(eps, step_size=None, steps=None):

@@ -401,7 +401,7 @@ def _without_later_defaults(mine, saved):
 
 EVAL_ATTACKS = registry.NAMES
 EVAL_PRESETS = tuple(registry.PRESETS)
-EVAL_NORMS = ("linf", "l2")
+EVAL_NORMS = registry.NORMS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ logit margin that says whether an example is fooled.
 import rsr_tf  # noqa: F401  (before TensorFlow: selects Keras 2)
 import tensorflow as tf
 
-NORMS = ("linf", "l2")
+from rsr_tf.registry import NORMS  # noqa: F401  (re-exported for the attacks)
 
 # Bisection steps of the L2 projection: 2^-25 is below float32's resolution
 # of the scale in [0, 1], so more steps cannot move the result.

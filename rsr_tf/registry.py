@@ -14,6 +14,8 @@ from rsr_tf import scoring
 
 CLEAN, WHITE_BOX, QUERY, TRANSFER = ("clean", "white-box", "black-box (query)",
                                      "black-box (transfer)")
+# The threat models, by name: every attack implements each of them.
+NORMS = ("linf", "l2")
 # How adversarial images are made: not at all, again in every noise pass, or
 # once (the expensive attacks; each pass is then a fresh noisy look at them).
 NONE, PER_DRAW, ONCE = "none", "per draw", "once"

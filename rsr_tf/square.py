@@ -243,7 +243,7 @@ def _l2_propose(key, x, x_best, eps, side):
       x + delta * eps / (per_example(l2_norm(delta)) + TINY), 0.0, 1.0)
 
 
-# Norm name -> (initial point, candidate step): the one list of norms.
+# Norm name (registry.NORMS) -> (initial point, candidate step).
 _NORMS = {"linf": (_linf_init, _linf_propose), "l2": (_l2_init, _l2_propose)}
 
 

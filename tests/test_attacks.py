@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from helpers import tiny_model
 from rsr_tf import attacks
+from rsr_tf import registry
+from rsr_tf import square
 
 EPS = 8 / 255
 
@@ -93,3 +95,11 @@ def test_attack_calls_do_not_advance_the_pruning_step():
   attacks.pgd(attacks.inference_fn(model), tf.random.uniform((2, 8, 8, 3)),
               [0, 1], eps=EPS, step_size=EPS, steps=2)
   assert all(int(w.pruning_step) == 0 for w in wrappers)
+
+
+def test_every_attack_implements_every_threat_model_of_the_registry():
+  # One list of norm names (registry.NORMS); each implementation maps all of it.
+  assert set(attacks.CLEVERHANS_ORD) == set(registry.NORMS)
+  assert set(square._NORMS) == set(registry.NORMS)
+  with pytest.raises(ValueError, match="norm must be one of linf, l2"):
+    attacks._norm("l1")
