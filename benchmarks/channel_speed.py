@@ -31,11 +31,10 @@ def define_flags():
                     "Fractions of the conv/dense MACs to remove.")
   flags.DEFINE_integer("multiple", 8, "Kept widths are multiples of this.",
                        lower_bound=1)
-  flags.DEFINE_list("batches", ["1", "32"], "Batch sizes timed.")
   flags.DEFINE_integer("threads", 1, "LiteRT threads.", lower_bound=1)
-  flags.DEFINE_integer("rounds", 3, "Interleaved rounds (median).", lower_bound=1)
-  flags.DEFINE_integer("runs", 40, "Invokes per latency at batch 1 (batch B: "
-                       "runs / B, at least 5).", lower_bound=1)
+  _cli.define_timing_flags(40, "Invokes per latency at batch 1 (batch B: "
+                           "runs / B, at least 5).")
+  flags.adopt_module_key_flags(_cli)
   flags.DEFINE_string("output", None, "Write the results as JSON here.")
 
 
@@ -46,9 +45,9 @@ def main(argv):
     _cli.fail("--model is required")
   try:
     fractions = [float(f) for f in FLAGS.fractions]
-    batches = [int(b) for b in FLAGS.batches]
   except ValueError:
-    _cli.fail("--fractions must be numbers and --batches integers")
+    _cli.fail(f"--fractions must be numbers, got {','.join(FLAGS.fractions)}")
+  batches = _cli.timed_batches()
   if not all(0 < f < 1 for f in fractions):
     _cli.fail(f"--fractions must be in (0, 1), got {FLAGS.fractions}")
   _cli.quiet_tensorflow_startup()

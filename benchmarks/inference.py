@@ -39,13 +39,10 @@ def define_flags():
   flags.DEFINE_list("evals", [], "name=eval.json pairs: robust accuracy (all "
                     "attacks) for the table and the plot.")
   _cli.define_data_flags(eval_limit=500, training=False)
-  flags.adopt_module_key_flags(_cli)
-  flags.DEFINE_list("batches", ["1", "32"], "Batch sizes timed.")
   flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts timed.")
-  flags.DEFINE_integer("runs", 30, "Timed invokes per latency and round "
-                       "(median).", lower_bound=1)
-  flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds (median of "
-                       "their medians).", lower_bound=1)
+  _cli.define_timing_flags(30, "Timed invokes per latency and round (their "
+                           "median; the rounds' median is reported).")
+  flags.adopt_module_key_flags(_cli)
   flags.DEFINE_string("output_dir", "benchmarks/inference", "Where the table, "
                       "JSON and plot go.")
 
@@ -192,11 +189,11 @@ def main(argv):
   unknown = sorted(set(evals) - set(models_of))
   if unknown:
     _cli.fail(f"--evals names no model of --models: {', '.join(unknown)}")
+  batches = _cli.timed_batches()
   try:
-    batches = [int(b) for b in FLAGS.batches]
     threads = [int(t) for t in FLAGS.threads]
   except ValueError:
-    _cli.fail("--batches and --threads must be integers")
+    _cli.fail(f"--threads must be integers, got {','.join(FLAGS.threads)}")
   _cli.check_image_folder(FLAGS.image_folder)
   _cli.quiet_tensorflow_startup()
   from rsr_tf import data as data_lib  # noqa: E402

@@ -36,11 +36,9 @@ VARIANTS = {"off": (False, False, False), "full_split": (True, True, False),
 def define_flags():
   flags.DEFINE_string("model", None, "A noisy .keras model (pruned, for the "
                       "kept draw to matter).")
-  flags.DEFINE_list("batches", ["1", "32"], "Batch sizes timed.")
-  flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is "
-                       "reported.", lower_bound=1)
-  flags.DEFINE_integer("runs", 40, "Timed invokes per latency at batch 1 "
-                       "(batch B: runs / B, at least 5).", lower_bound=1)
+  _cli.define_timing_flags(40, "Timed invokes per latency at batch 1 "
+                           "(batch B: runs / B, at least 5).")
+  flags.adopt_module_key_flags(_cli)
   flags.DEFINE_string("output", None, "Write the results as JSON here.")
 
 
@@ -50,10 +48,7 @@ def main(argv):
   if not FLAGS.model or not os.path.exists(FLAGS.model):
     _cli.fail(f"--model {FLAGS.model!r} does not exist" if FLAGS.model
               else "--model is required")
-  try:
-    batches = [int(b) for b in FLAGS.batches]
-  except ValueError:
-    _cli.fail(f"--batches must be integers, got {FLAGS.batches}")
+  batches = _cli.timed_batches()
   _cli.quiet_tensorflow_startup()
   import numpy as np  # noqa: E402
   from rsr_tf import classifiers  # noqa: E402

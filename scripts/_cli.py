@@ -108,6 +108,31 @@ def data_config_from_flags():
       else False, seed=FLAGS.seed, skip_bad_images=FLAGS.skip_bad_images)
 
 
+def define_timing_flags(runs, runs_help):
+  """--batches, --rounds and --runs, the latency benchmarks' timing flags.
+
+  Args:
+    runs: default of --runs.
+    runs_help: what one run is in that benchmark.
+  """
+  flags.DEFINE_list("batches", ["1", "32"], "Batch sizes timed.")
+  flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds: every call of "
+                       "every model is timed once per round, and the median "
+                       "over the rounds is reported.", lower_bound=1)
+  flags.DEFINE_integer("runs", runs, runs_help, lower_bound=1)
+
+
+def timed_batches():
+  """--batches as positive integers, or one line and exit 2."""
+  try:
+    batches = [int(b) for b in flags.FLAGS.batches]
+  except ValueError:
+    batches = []
+  if not batches or min(batches) < 1:
+    fail(f"--batches must be positive integers, got {','.join(flags.FLAGS.batches)}")
+  return batches
+
+
 def check_image_folder(folder):
   if folder and not os.path.isdir(folder):
     fail(f"--image_folder {folder!r} does not exist or is not a directory")
