@@ -69,7 +69,7 @@ def main(argv):
     rsr_layers.set_noise_enabled(model, noise)
     rsr_layers.set_noise_split(model, split)
     rsr_layers.set_kept_draw(model, kept)
-    files[name] = conversion._converter(model).convert()  # pylint: disable=protected-access
+    files[name] = conversion.tflite_converter(model).convert()
   rsr_layers.set_noise_split(model, False)
   rsr_layers.set_kept_draw(model, False)
   rsr_layers.set_noise_enabled(model, True)

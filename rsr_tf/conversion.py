@@ -67,7 +67,12 @@ def write_saved_model(model, path):
                       f"{litert.first_line(e)}") from e
 
 
-def _converter(model):
+def tflite_converter(model):
+  """The TFLiteConverter of `model`'s serving function, no options set.
+
+  convert_tflite sets the options of each format; a caller that sets the
+  layers' noise switches itself (benchmarks/noise_cost.py) converts with it.
+  """
   serve = _serving_function(model)
   return tf.lite.TFLiteConverter.from_concrete_functions(
       [serve.get_concrete_function()], _trackable(model, serve))
@@ -118,7 +123,7 @@ def convert_tflite(model, fmt, sparse, representative, noisy):
 
 
 def _convert_tflite_split(model, fmt, sparse, representative):
-  converter = _converter(model)
+  converter = tflite_converter(model)
   notes = []
   sparsity = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
   if fmt == "tflite_int16x8":
