@@ -9,6 +9,7 @@ import rsr_tf  # noqa: F401  (before TensorFlow: selects Keras 2)
 import numpy as np
 import tensorflow as tf
 
+from rsr_tf import registry
 from rsr_tf.perturbation import ascent_direction
 from rsr_tf.perturbation import fooling_margin
 from rsr_tf.perturbation import NORMS
@@ -279,8 +280,7 @@ def _check_static(eps, norm, steps, eot_samples, restarts, batch_size, seed):
   """Raises a one-line ValueError naming the first bad static argument."""
   if not isinstance(eps, float) or not math.isfinite(eps) or eps < 0:
     raise ValueError(f"eps must be a finite python float >= 0, got {eps!r}")
-  if norm not in NORMS:
-    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+  registry.check_norm(norm)
   for name, value in (("steps", steps), ("eot_samples", eot_samples),
                       ("restarts", restarts), ("batch_size", batch_size)):
     _check_int(name, value, 1)

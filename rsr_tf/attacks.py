@@ -39,8 +39,7 @@ CLEVERHANS_ORD = {"linf": np.inf, "l2": 2}
 
 
 def _norm(norm):
-  if norm not in registry.NORMS:
-    raise ValueError(f"norm must be one of {', '.join(registry.NORMS)}, got {norm!r}")
+  registry.check_norm(norm)
   return CLEVERHANS_ORD[norm]
 
 

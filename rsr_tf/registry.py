@@ -16,6 +16,14 @@ CLEAN, WHITE_BOX, QUERY, TRANSFER = ("clean", "white-box", "black-box (query)",
                                      "black-box (transfer)")
 # The threat models, by name: every attack implements each of them.
 NORMS = ("linf", "l2")
+
+
+def check_norm(norm):
+  """Raises the one-line ValueError every attack gives for an unknown norm."""
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+
 # How adversarial images are made: not at all, again in every noise pass, or
 # once (the expensive attacks; each pass is then a fresh noisy look at them).
 NONE, PER_DRAW, ONCE = "none", "per draw", "once"

@@ -7,6 +7,7 @@ import rsr_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+from rsr_tf import registry
 from rsr_tf.perturbation import fooling_margin
 from rsr_tf.perturbation import l2_norm
 from rsr_tf.perturbation import per_example
@@ -23,8 +24,7 @@ def _check_arguments(norm, eps, queries, p_init, noise_draws, batch_size, seed):
   def is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
-  if norm not in _DEFAULT_P_INIT:
-    raise ValueError(f"norm must be one of {sorted(_DEFAULT_P_INIT)}, got {norm!r}")
+  registry.check_norm(norm)
   if not isinstance(eps, float) or not eps >= 0 or math.isinf(eps):
     raise ValueError(f"eps must be a finite python float >= 0, got {eps!r}")
   for name, value in (("queries", queries), ("noise_draws", noise_draws),
