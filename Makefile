@@ -37,8 +37,11 @@ demo: $(STAMP)
 	$(PY) scripts/demo_deploy.py --tflite=runs/demo/export/model_int8.tflite \
 	  --image_dir=runs/demo/images --count=10
 
+# Two workers, one per core; a file's tests stay on one worker (--dist loadfile),
+# so each module-scoped fixture (a trained model, an export) is built once.
+# 8.0 min against 12.1 serial on a 2-core AMD EPYC without AVX-512 (2026-12-03).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf runs
