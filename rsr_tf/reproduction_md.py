@@ -38,9 +38,11 @@ BUDGETS = {
            "is far from converged.",
     "cpu_long": "The `cpu_long` budget trains 20 epochs (pruned variants: "
                 "16 + 4, pruned at epoch 16) along one cosine learning-rate "
-                "curve with PGD-2 (step eps/2) as the training attack, planned "
-                "at about 2 hours a run on an unloaded 2-core CPU (see the "
-                "wall times below); 1,000 training images are held out "
+                "curve with PGD-2 (random start, step eps) as the training "
+                "attack. A run's time depends on the CPU (the wall times in "
+                "the table above): 83 min on a 2-core AVX-512 Xeon at about 217 "
+                "images/s, about 6 hours on a 2-core AMD EPYC without "
+                "AVX-512 at about 45. 1,000 training images are held out "
                 "and attacked with PGD-7 after every epoch.",
 }
 # cpu_long's target for dense PGD-AT on 1,000 held-out images (issue 15).
