@@ -81,6 +81,25 @@ def _read_history(path):
   return history
 
 
+def _earlier_processes(config, history, result):
+  """The epochs of this run that an earlier, resumed process trained.
+
+  Returns None when this process trained every epoch, else their count and
+  their training loops' seconds, recovered from the images/s that
+  history.csv logged for them; their validation and start-up are not in it.
+  Epochs restored by `init_from` belong to another run and are not counted.
+  """
+  restored = config.optimizer.epochs if config.init_from else 0
+  rates = history.get("images_per_second", [])
+  here = set(result.epochs)
+  earlier = [i for i in range(restored, len(rates)) if i not in here]
+  if not earlier:
+    return None
+  return {"epochs": len(earlier),
+          "training_seconds": sum(result.images_per_epoch / rates[i]
+                                  for i in earlier)}
+
+
 def _truncate_history(path, epochs):
   """Keeps the log rows of the first `epochs` epochs (0-based `epoch` < epochs)."""
   if not os.path.exists(path):
@@ -332,7 +351,9 @@ def run(config, argv=None):
       "distribution": {"strategy": config.strategy,
                        "replicas_in_sync": strategy.num_replicas_in_sync,
                        "global_batch": batch},
+      # This process only; a resumed run adds `earlier_processes`.
       "wall_seconds": time.perf_counter() - started,
+      "earlier_processes": _earlier_processes(config, history, result),
       "config": config.to_dict(),
       "provenance": outputs.provenance(argv),
   }

@@ -57,6 +57,8 @@ class RSRResult:
     sparsity: `pruning.measured_sparsity(model)`, on the stripped kernels.
     layer_sparsity: the one-shot prune's per-layer fractions, or None.
     images_per_second: {phase: [training images/s per epoch trained]}.
+    images_per_epoch: the training images one epoch steps through (batches
+      times the global batch), which those rates count.
     stopped_early: the phases a callback stopped before their last epoch.
     channel_plan: the `channels.ChannelPlan` of a channel prune, else None.
     after_prune: validation metrics (clean_accuracy, pgd_accuracy, ...) of
@@ -72,6 +74,7 @@ class RSRResult:
   stopped_early: list
   after_prune: Optional[dict] = None
   channel_plan: Optional[object] = None
+  images_per_epoch: Optional[int] = None
 
 
 def _check(ok, message):
@@ -264,6 +267,7 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
   val_ds = _as_dataset(validation_data, batch_size, False, seed)
   steps = int(steps)
   batches = _steps_per_epoch(train_ds, steps_per_epoch)
+  images_per_epoch = batches * _batch_of(train_ds, batch_size)
   adversarial_start = config_lib.adversarial_start_epoch(
       adversarial, steps, adv_delay_epochs, epochs)
   trainer_args = dict(eps=eps, step_size=step_size, steps=steps,
@@ -297,7 +301,7 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
           f"val_{k} {v:.4f}" for k, v in after_prune.items()))
     trainer.adversarial_active = training.AdversarialStart.active_at(
         trainer, start, adversarial_start)
-    throughput = training.Throughput(batches * _batch_of(train_ds, batch_size))
+    throughput = training.Throughput(images_per_epoch)
     stop = training.StopOnNaN()
     phase_callbacks = [stop, throughput] + list(extra) + list(callbacks or [])
     if adversarial_start is not None:
@@ -375,7 +379,8 @@ def train_rsr(model, train_data, validation_data=None, *, epochs=160,
                    sparsity=pruning.measured_sparsity(final),
                    layer_sparsity=layer_sparsity, images_per_second=rates,
                    stopped_early=history.stopped_early,
-                   after_prune=after_prune or None, channel_plan=channel_plan)
+                   after_prune=after_prune or None, channel_plan=channel_plan,
+                   images_per_epoch=images_per_epoch)
 
 
 LR_SCHEDULES = config_lib.LR_SCHEDULES

@@ -106,8 +106,16 @@ def training_table(runs):
       trained = (f"PGD-{attack['steps']}, step "
                  f"{255 * attack.get('step_size', 2 / 255):g}/255"
                  if config["loss"]["adversarial"] else "none")
-      cells = [f"`{run['name']}`", epochs, trained,
-               f"{m['wall_seconds'] / 60:.0f} min",
+      wall = f"{m['wall_seconds'] / 60:.0f} min"
+      earlier = m.get("earlier_processes")
+      if earlier:
+        # Phase 1's speeds of every process, from history.csv's rows.
+        restored = m["epochs"]["train"] if config.get("init_from") else 0
+        speeds = m["history"]["images_per_second"][restored:m["epochs"]["train"]]
+        wall = (f"{(m['wall_seconds'] + earlier['training_seconds']) / 60:.0f}"
+                f" min (resumed: the training loops of {earlier['epochs']} "
+                "epochs from earlier processes added, their validation not)")
+      cells = [f"`{run['name']}`", epochs, trained, wall,
                f"{statistics.median_high(speeds):.0f}" if speeds else "—"]
       for key in ("clean_accuracy", "pgd_accuracy"):
         e = m.get(key)

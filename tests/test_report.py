@@ -157,6 +157,22 @@ def test_the_cpu_long_target_and_the_learning_curves(tmp_path):
   assert "(learning_curves_cpu_long.png)" in text
 
 
+def test_a_resumed_run_counts_the_epochs_of_its_earlier_processes(tmp_path):
+  _write_run(tmp_path, "at", 0.0, {"clean": _first_right(600),
+                                   "pgd": _first_right(300)},
+             history={"images_per_second": [40.0, 50.0, 60.0, 200.0, 210.0, 220.0]})
+  path = tmp_path / "cpu" / "at" / "metrics.json"
+  metrics = json.loads(path.read_text())
+  # Three of the five phase-1 epochs ran in an earlier process, 1,800 s.
+  metrics["earlier_processes"] = {"epochs": 3, "training_seconds": 1800.0}
+  path.write_text(json.dumps(metrics))
+  row = next(line for line in _report(tmp_path).splitlines()
+             if line.startswith("| `at` | 5 + 1"))
+  assert "| 90 min (resumed: the training loops of 3 epochs" in row
+  # The median over phase 1's epochs of both processes, not this one's 60-95.
+  assert "| 60 |" in row
+
+
 def test_the_document_is_the_same_bytes_every_time(tmp_path):
   _write_run(tmp_path, "at", 0.0, {"clean": _first_right(600),
                                    "pgd": _first_right(300)})

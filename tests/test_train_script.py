@@ -81,6 +81,7 @@ def test_tiny_end_to_end_run_writes_measured_outputs(tmp_path):
   assert metrics["data"] == {**metrics["data"], "train_examples": 128,
                              "eval_examples": 64}
   assert metrics["provenance"]["command"].endswith(f"--output_dir={out}")
+  assert metrics["earlier_processes"] is None, "one process trained it all"
   assert metrics["config"]["prune"]["schedule"] == "oneshot"
   for name in ("model.keras", "config.json", "training_curves.png", "history.csv"):
     assert (out / name).is_file(), name
@@ -145,7 +146,14 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
   assert "train: resuming after epoch" in result.stderr
   metrics = json.loads((out / "metrics.json").read_text())
   assert len(metrics["history"]["loss"]) == epochs, "every epoch once, across both runs"
-  assert len(metrics["training_images_per_second"]["train"]) < epochs
+  here = len(metrics["training_images_per_second"]["train"])
+  assert here < epochs
+  # The killed process's epochs count in the run's time, from their logged
+  # images/s: 128 images (two batches of 64) per epoch.
+  earlier = metrics["earlier_processes"]
+  assert earlier["epochs"] == epochs - here
+  assert earlier["training_seconds"] == pytest.approx(sum(
+      128 / r for r in metrics["history"]["images_per_second"][:epochs - here]))
   # A restarted step would end below the target (the schedule's value at
   # the step it restarted from, plus the epochs since).
   assert abs(metrics["sparsity"]["overall"] - 0.5) < 1e-3, metrics["sparsity"]
