@@ -346,13 +346,15 @@ class TrainConfig:
   def same_training_as(self, saved):
     """Whether a saved `to_dict()` describes the same training as this one.
 
-    Where it runs does not count: the batch is global and checkpoints hold
-    plain values, so a run may resume under another strategy or TPU.
+    Where it runs does not count (`_where_it_runs`): a run may resume under
+    another strategy, on another machine, with its data at another path.
     """
-    def training(d):
-      return {k: v for k, v in d.items() if k not in ("strategy", "tpu")}
+    return not self.training_differences(saved)
+
+  def training_differences(self, saved):
+    """The dotted names of the settings where `saved` trains differently."""
     mine = _without_later_defaults(json.loads(self.to_json()), saved)
-    return training(saved) == training(mine)
+    return _differences(_where_it_runs(saved), _where_it_runs(mine))
 
   def same_phase_one_as(self, saved):
     """Whether a saved `to_dict()` trains the same dense model in phase 1.
@@ -360,9 +362,8 @@ class TrainConfig:
     Pruning and fine-tuning may differ: that is what a sweep varies.
     """
     def phase_one(d):
-      d = json.loads(json.dumps(d))
-      for key in ("prune", "output_dir", "init_from", "eval_noise_draws",
-                  "strategy", "tpu"):
+      d = _where_it_runs(d)
+      for key in ("prune", "output_dir", "init_from", "eval_noise_draws"):
         d.pop(key, None)
       # With one curve over both phases, fine-tuning's length sets the
       # phase-1 rates too.
@@ -386,6 +387,37 @@ _LATER_FIELDS = ((("init_from",), ""), (("prune", "noise_std"), "all"),
                  (("prune", "channel_multiple"), CHANNEL_MULTIPLE),
                  (("validation_pgd_steps",), 0),
                  (("validation_step_size",), 2 / 255))
+
+
+def _where_it_runs(saved):
+  """A copy of a saved `to_dict()` without the settings of where it runs.
+
+  The strategy and TPU (the batch is global and checkpoints hold plain
+  values), and where the data lies: an image folder's path counts only as
+  being one, and tfds's data_dir not at all. Whether it is the same data is
+  the data fingerprint's question (`data.fingerprint`), not the path's.
+  """
+  d = json.loads(json.dumps(saved))
+  for key in ("strategy", "tpu"):
+    d.pop(key, None)
+  data = d.get("data", {})
+  data.pop("data_dir", None)
+  if "image_folder" in data:
+    data["image_folder"] = bool(data["image_folder"])
+  return d
+
+
+def _differences(a, b, prefix=""):
+  """Dotted keys whose values differ between two nested dicts."""
+  keys = sorted(set(a) | set(b))
+  found = []
+  for key in keys:
+    x, y = a.get(key), b.get(key)
+    if isinstance(x, dict) and isinstance(y, dict):
+      found += _differences(x, y, f"{prefix}{key}.")
+    elif x != y:
+      found.append(f"{prefix}{key}")
+  return found
 
 
 def _without_later_defaults(mine, saved):

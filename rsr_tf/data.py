@@ -4,7 +4,7 @@ The one module callers import: `load` picks the source a `DataConfig`
 selects, and every public name of the modules below is re-exported here, so
 `data.X` keeps working wherever X is defined:
 
-  dataset.py          Split, Dataset, DataError, channel_stats
+  dataset.py          Split, Dataset, DataError, channel_stats, fingerprint
   subsets.py          balanced_subset, hold_out
   image_decode.py     decoding and conforming images (CHANNEL_CHOICES, ...)
   image_folder.py     load_image_folder
@@ -12,7 +12,7 @@ selects, and every public name of the modules below is re-exported here, so
   embedded_sample.py  load_embedded_sample
 """
 
-from rsr_tf.dataset import DataError, Dataset, Split, channel_stats
+from rsr_tf.dataset import DataError, Dataset, Split, channel_stats, fingerprint
 from rsr_tf.embedded_sample import EMBEDDED_SAMPLE_PATH, load_embedded_sample
 from rsr_tf.image_decode import CHANNEL_CHOICES, DEFAULT_CHANNELS
 from rsr_tf.image_folder import IMAGE_EXTENSIONS, load_image_folder
@@ -22,7 +22,7 @@ from rsr_tf.tfds_source import load_tfds
 __all__ = [
     "CHANNEL_CHOICES", "DEFAULT_CHANNELS", "EMBEDDED_SAMPLE_PATH",
     "IMAGE_EXTENSIONS", "DataError", "Dataset", "Split", "balanced_subset",
-    "channel_stats", "hold_out", "load", "load_embedded_sample",
+    "channel_stats", "fingerprint", "hold_out", "load", "load_embedded_sample",
     "load_image_folder", "load_tfds",
 ]
 

@@ -1,9 +1,11 @@
 """The in-memory data every source returns: `Split`, `Dataset`, `DataError`.
 
-Also `channel_stats`, the per-channel statistics models normalise with.
+Also `channel_stats`, the per-channel statistics models normalise with, and
+`fingerprint`, what a resumed run checks it trains on the same data.
 """
 
 import dataclasses
+import hashlib
 from typing import Optional
 
 import numpy as np
@@ -95,3 +97,25 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   var = np.maximum(total_sq / count - np.square(mean), 0.0)
   return ((mean / 255.0).astype(np.float32),
           (np.sqrt(var) / 255.0).astype(np.float32))
+
+
+def fingerprint(data: Dataset) -> dict:
+  """What identifies the data a run trains on, wherever it is stored.
+
+  Class names, image shape, split sizes and a sha256 of every split's labels
+  in order: a different folder, limit, hold-out or file order changes it.
+  Pixels are left out on purpose: JPEG decoders may round differently on
+  other CPUs, and a resume must not be refused for that.
+  """
+  digest = hashlib.sha256()
+  splits = {"train": data.train, "validation": data.validation,
+            "test": data.test}
+  for name, split in splits.items():
+    digest.update(name.encode())
+    if split is not None:
+      digest.update(np.ascontiguousarray(split.labels, dtype="<i8").tobytes())
+  return {"class_names": list(data.class_names),
+          "image_shape": list(data.image_shape),
+          "examples": {name: len(split) if split is not None else 0
+                       for name, split in splits.items()},
+          "labels_sha256": digest.hexdigest()}

@@ -126,13 +126,47 @@ def _start_or_resume(config):
   has_checkpoints = os.path.isdir(os.path.join(out, "checkpoints"))
   if has_checkpoints and os.path.exists(saved):
     with open(saved) as f:
-      if not config.same_training_as(json.load(f)):
-        raise RunError(
-            f"{out} holds checkpoints of a run with a different configuration "
-            f"(see {saved}); use another --output_dir or delete that one")
+      differences = config.training_differences(json.load(f))
+    if differences:
+      raise RunError(
+          f"{out} holds checkpoints of a run with a different configuration "
+          f"({', '.join(differences)}; see {saved}); use another --output_dir "
+          "or delete that one")
   elif os.path.exists(os.path.join(out, "history.csv")):
     os.remove(os.path.join(out, "history.csv"))
   outputs.write_text_atomic(saved, config.to_json())
+
+
+DATA_FINGERPRINT = "data_fingerprint.json"
+
+
+def _check_same_data(config, data):
+  """Refuses to resume, or to prune another run, on other data.
+
+  The configuration may name the data at another path (another machine);
+  its fingerprint must still be the one the checkpoints were trained on.
+  Runs saved before the fingerprint existed are trusted and get one.
+  """
+  mine = data_lib.fingerprint(data)
+  out = config.output_dir
+  earlier = []
+  if os.path.isdir(os.path.join(out, "checkpoints")):
+    earlier.append((out, "holds checkpoints trained"))
+  if config.init_from:
+    earlier.append((config.init_from, "(--init_from) was trained"))
+  for folder, what in earlier:
+    path = os.path.join(folder, DATA_FINGERPRINT)
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != mine:
+      changed = ", ".join(k for k in mine if saved.get(k) != mine[k])
+      raise RunError(
+          f"{folder} {what} on other data than {data.source} (they differ "
+          f"in {changed}; see {path}); pass the same data and limits, or use "
+          "another --output_dir")
+  outputs.write_json_atomic(os.path.join(out, DATA_FINGERPRINT), mine)
 
 
 def _restore_phase_one(config, backbone):
@@ -245,6 +279,7 @@ def run(config, argv=None):
   keras.utils.set_random_seed(config.seed)
 
   data = data_lib.load(config.data)
+  _check_same_data(config, data)
   _log(f"data: {data.source}, {len(data.train.labels)} train / "
        + (f"{len(data.validation)} validation (held out of train) / "
           if data.validation else "")

@@ -246,3 +246,22 @@ def test_channel_variants_differ_from_the_sweep_in_the_prune_and_lasso_alone(con
     other = {k: v for k, v in base.items()
              if k not in ("loss", "prune", "output_dir", "init_from")}
     assert config == other, name
+
+
+def test_a_run_resumes_with_its_data_at_another_path_and_names_what_differs():
+  from rsr_tf import config as config_lib  # noqa: E402
+  import dataclasses  # noqa: E402
+  import json  # noqa: E402
+  here = config_lib.TrainConfig(
+      data=config_lib.DataConfig(image_folder="/tmp/cifar"))
+  moved = dataclasses.replace(here, data=dataclasses.replace(
+      here.data, image_folder="/work/data", data_dir="/elsewhere"))
+  saved = json.loads(here.to_json())
+  assert moved.same_training_as(saved) and moved.same_phase_one_as(saved)
+  # Another source, or another training setting, still counts.
+  tfds = config_lib.TrainConfig()
+  assert tfds.training_differences(saved) == ["data.image_folder"]
+  assert not tfds.same_phase_one_as(saved)
+  faster = dataclasses.replace(moved, optimizer=dataclasses.replace(
+      moved.optimizer, learning_rate=0.5))
+  assert faster.training_differences(saved) == ["optimizer.learning_rate"]

@@ -101,6 +101,21 @@ def test_load_image_folder(tmp_path):
     np.testing.assert_array_equal(ds.train.images[i], expected)
 
 
+def test_a_fingerprint_knows_the_data_but_not_where_it_lies(tmp_path):
+  here = _make_folder(tmp_path / "here")
+  moved = tmp_path / "there"
+  shutil.copytree(here, moved)
+  first = data.fingerprint(data.load_image_folder(str(here)))
+  assert first == data.fingerprint(data.load_image_folder(str(moved)))
+  assert first["examples"] == {"train": 12, "validation": 0, "test": 6}
+  fewer = data.fingerprint(data.load_image_folder(str(moved), train_limit=6))
+  assert fewer["labels_sha256"] != first["labels_sha256"]
+  held_out = data.fingerprint(data.hold_out(
+      data.load_image_folder(str(moved)), 3))
+  assert held_out["examples"]["validation"] == 3
+  assert held_out["labels_sha256"] != first["labels_sha256"]
+
+
 def test_an_image_of_another_size_is_named_unless_resizing(tmp_path):
   root = _make_folder(tmp_path, odd_size=(40, 36))
   with pytest.raises(data.DataError) as info:

@@ -162,7 +162,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=60,
                            env=ENV)
   assert changed.returncode != 0
-  assert "different configuration" in changed.stderr.strip().splitlines()[-1]
+  last = changed.stderr.strip().splitlines()[-1]
+  assert "different configuration (optimizer.learning_rate;" in last
 
 
 def test_a_diverging_run_exits_with_one_line_naming_the_term(tmp_path):

@@ -188,3 +188,37 @@ def test_every_cpu_flagfile_keeps_the_per_phase_schedule():
   for path in files:
     with open(path) as f:
       assert "--lr_schedule" not in f.read(), path
+
+
+def test_a_resume_or_init_from_on_other_data_is_refused(tmp_path):
+  import dataclasses  # noqa: E402
+  from rsr_tf import data as data_lib  # noqa: E402
+  from rsr_tf import experiment  # noqa: E402
+
+  def dataset(labels):
+    images, _ = colour_data(len(labels))
+    split = data_lib.Split((np.asarray(images) * 255).astype(np.uint8),
+                           np.asarray(labels, np.int64))
+    return data_lib.Dataset(split, split, ("a", "b"), "test")
+
+  same, other = dataset([0, 1, 0, 1]), dataset([1, 0, 0, 1])
+  first = config_lib.TrainConfig(output_dir=str(tmp_path / "run"))
+  for folder in ("run", "sweep"):  # run() has made the output folder by then
+    (tmp_path / folder).mkdir()
+  experiment._check_same_data(first, same)  # fresh: writes the fingerprint
+  fingerprint = tmp_path / "run" / experiment.DATA_FINGERPRINT
+  assert fingerprint.is_file()
+  experiment._check_same_data(first, other)  # no checkpoints yet: a new run
+  experiment._check_same_data(first, same)
+  (tmp_path / "run" / "checkpoints").mkdir()
+  experiment._check_same_data(first, same)  # the same data resumes
+  with pytest.raises(experiment.RunError,
+                     match=r"holds checkpoints trained on other data .*labels_sha256"):
+    experiment._check_same_data(first, other)
+  sweep = dataclasses.replace(first, output_dir=str(tmp_path / "sweep"),
+                              init_from=str(tmp_path / "run"))
+  with pytest.raises(experiment.RunError, match=r"\(--init_from\) was trained on"):
+    experiment._check_same_data(sweep, other)
+  experiment._check_same_data(sweep, same)
+  fingerprint.unlink()  # a run saved before fingerprints: trusted
+  experiment._check_same_data(first, other)
