@@ -41,8 +41,9 @@ BUDGETS = {
                 "curve with PGD-2 (random start, step eps) as the training "
                 "attack. A run's time depends on the CPU (the wall times in "
                 "the table above): 83 min on a 2-core AVX-512 Xeon at about 217 "
-                "images/s, about 6 hours on a 2-core AMD EPYC without "
-                "AVX-512 at about 45. 1,000 training images are held out "
+                "images/s, about 3 hours on a 2-core AMD EPYC without "
+                "AVX-512 at about 100 (at about 45 and 6 hours before "
+                "oneDNN was turned on there). 1,000 training images are held out "
                 "and attacked with PGD-7 after every epoch.",
 }
 # cpu_long's target for dense PGD-AT on 1,000 held-out images (issue 15).

@@ -41,6 +41,21 @@ def test_the_public_names_resolve():
     rsr_tf.no_such_name  # pylint: disable=pointless-statement
 
 
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
+def test_import_turns_onednn_on_for_x86_unless_the_user_chose(preset, expected):
+  import platform  # noqa: E402
+  if platform.machine() not in ("x86_64", "AMD64"):
+    pytest.skip("oneDNN is turned on for x86 CPUs only")
+  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+  if preset is not None:
+    env["TF_ENABLE_ONEDNN_OPTS"] = preset
+  result = subprocess.run(
+      [sys.executable, "-c", "import os, rsr_tf; "
+       "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"],
+      capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+  assert result.stdout.strip() == expected, result.stderr
+
+
 def test_add_weight_noise_keeps_outputs_with_the_noise_off():
   model = user_models.gray_5_class()
   x, _ = band_data(8, seed=3)
@@ -295,9 +310,10 @@ def _cpu_flags():
 
 
 # The golden weights are bit-exact only on the kind of CPU that wrote them:
-# oneDNN picks other kernels without AVX-512, and rounding differs. On a
-# 2-core AMD EPYC without AVX-512 (2026-12-02), 3b1b81d's code and today's
-# gave bit-identical weights to each other, and both differed from the file.
+# without AVX-512 TensorFlow runs other kernels (Eigen's before bbf3d2f,
+# oneDNN's AVX2 ones since), and rounding differs. On a 2-core AMD EPYC
+# without AVX-512 (2026-12-02, Eigen), 3b1b81d's code and today's gave
+# bit-identical weights to each other, and both differed from the file.
 @pytest.mark.skipif("avx512f" not in _cpu_flags(),
                     reason="golden weights were written on an AVX-512 CPU")
 def test_seeded_run_gives_the_golden_weights_of_the_commit_before_the_api():
