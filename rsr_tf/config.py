@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 from rsr_tf import registry  # no TensorFlow at import
+from rsr_tf import saved_config
 
 MODEL_NAMES = ("resnet20", "resnet18", "vgg16")
 NOISE_MODES = ("none", "layer", "channel", "element")
@@ -346,15 +347,17 @@ class TrainConfig:
   def same_training_as(self, saved):
     """Whether a saved `to_dict()` describes the same training as this one.
 
-    Where it runs does not count (`_where_it_runs`): a run may resume under
-    another strategy, on another machine, with its data at another path.
+    Where it runs does not count (`saved_config.where_it_runs`): a run may
+    resume under another strategy, on another machine, with its data at
+    another path.
     """
     return not self.training_differences(saved)
 
   def training_differences(self, saved):
     """The dotted names of the settings where `saved` trains differently."""
-    mine = _without_later_defaults(json.loads(self.to_json()), saved)
-    return _differences(_where_it_runs(saved), _where_it_runs(mine))
+    mine = saved_config.without_later_defaults(json.loads(self.to_json()), saved)
+    return saved_config.differences(saved_config.where_it_runs(saved),
+                                    saved_config.where_it_runs(mine))
 
   def same_phase_one_as(self, saved):
     """Whether a saved `to_dict()` trains the same dense model in phase 1.
@@ -362,7 +365,7 @@ class TrainConfig:
     Pruning and fine-tuning may differ: that is what a sweep varies.
     """
     def phase_one(d):
-      d = _where_it_runs(d)
+      d = saved_config.where_it_runs(d)
       for key in ("prune", "output_dir", "init_from", "eval_noise_draws"):
         d.pop(key, None)
       # With one curve over both phases, fine-tuning's length sets the
@@ -371,64 +374,11 @@ class TrainConfig:
       for key in ("finetune_epochs",) * per_phase + ("finetune_lr",):
         d["optimizer"].pop(key, None)
       return d
-    mine = _without_later_defaults(json.loads(self.to_json()), saved)
+    mine = saved_config.without_later_defaults(json.loads(self.to_json()), saved)
     return phase_one(saved) == phase_one(mine)
 
   def to_json(self):
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-
-# Fields added after runs were saved, with the value that behaves as before.
-_LATER_FIELDS = ((("init_from",), ""), (("prune", "noise_std"), "all"),
-                 (("optimizer", "lr_schedule"), "per_phase"),
-                 (("optimizer", "lr_milestone_epochs"), []),
-                 (("data", "validation_size"), 0),
-                 (("prune", "structure"), "unstructured"),
-                 (("prune", "channel_multiple"), CHANNEL_MULTIPLE),
-                 (("validation_pgd_steps",), 0),
-                 (("validation_step_size",), 2 / 255))
-
-
-def _where_it_runs(saved):
-  """A copy of a saved `to_dict()` without the settings of where it runs.
-
-  The strategy and TPU (the batch is global and checkpoints hold plain
-  values), and where the data lies: an image folder's path counts only as
-  being one, and tfds's data_dir not at all. Whether it is the same data is
-  the data fingerprint's question (`data.fingerprint`), not the path's.
-  """
-  d = json.loads(json.dumps(saved))
-  for key in ("strategy", "tpu"):
-    d.pop(key, None)
-  data = d.get("data", {})
-  data.pop("data_dir", None)
-  if "image_folder" in data:
-    data["image_folder"] = bool(data["image_folder"])
-  return d
-
-
-def _differences(a, b, prefix=""):
-  """Dotted keys whose values differ between two nested dicts."""
-  keys = sorted(set(a) | set(b))
-  found = []
-  for key in keys:
-    x, y = a.get(key), b.get(key)
-    if isinstance(x, dict) and isinstance(y, dict):
-      found += _differences(x, y, f"{prefix}{key}.")
-    elif x != y:
-      found.append(f"{prefix}{key}")
-  return found
-
-
-def _without_later_defaults(mine, saved):
-  """`mine` without the fields `saved` predates, where they keep old behaviour."""
-  for path, default in _LATER_FIELDS:
-    parent, saved_parent = mine, saved
-    for key in path[:-1]:
-      parent, saved_parent = parent[key], saved_parent.get(key, {})
-    if path[-1] not in saved_parent and parent.get(path[-1]) == default:
-      del parent[path[-1]]
-  return mine
 
 
 EVAL_ATTACKS = registry.NAMES
