@@ -12,6 +12,7 @@ flagfiles name their output folders relative to it.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -159,8 +160,12 @@ def _copy(source, target):
     shutil.copyfile(source, temporary)
 
 
-def data_fingerprint(folder):
-  """sha256 over the sorted relative paths and bytes of every file in `folder`."""
+def folder_digest(folder):
+  """sha256 over the sorted relative paths and bytes of every file in `folder`.
+
+  Provenance of the files themselves; `rsr_tf.data.fingerprint` is the
+  lighter check (labels and shapes) that a resumed run makes.
+  """
   digest = hashlib.sha256()
   count = 0
   for root, dirs, names in os.walk(folder):
@@ -175,12 +180,35 @@ def data_fingerprint(folder):
           "sha256": digest.hexdigest()}
 
 
+def _describe(record):
+  if record.get("sha256"):
+    return f"{record['files']:,} files, sha256 {record['sha256'][:12]}"
+  return record.get("source", "unknown")
+
+
 def _write_data_record():
-  """results/<budget>/data.json: which data the collected runs used."""
+  """results/<budget>/data.json: which data the collected runs used.
+
+  It names the data, not where it lay: the same files at another path leave
+  the record as it is, so a committed record does not change with the
+  machine. Other data is refused before any step runs, since the runs
+  collected so far were trained and scored on the recorded data.
+  """
   record = ({"source": "embedded_sample"} if FLAGS.embedded_sample else
-            {"source": "image_folder", **data_fingerprint(FLAGS.image_folder)}
+            {"source": "image_folder", **folder_digest(FLAGS.image_folder)}
             if FLAGS.image_folder else {"source": "tfds:cifar10"})
   path = os.path.join(FLAGS.results_dir, FLAGS.budget, "data.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        recorded = json.load(f)
+    except ValueError as e:
+      _cli.fail(f"{path} is not valid JSON ({e}); restore it from git")
+    if all(recorded.get(k) == record.get(k) for k in ("source", "sha256")):
+      return
+    _cli.fail(f"{path} records other data ({_describe(recorded)}) than this "
+              f"run's ({_describe(record)}); use the recorded data, or another "
+              "--results_dir")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   outputs.write_json_atomic(path, record)
 

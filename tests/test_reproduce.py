@@ -105,3 +105,27 @@ def test_a_variant_starting_from_another_runs_after_it(tmp_path):
   (tmp_path / "_shared.flags").write_text("--epochs=1\n")
   # By name alone a_twin would run first, before the phase 1 it restores.
   assert reproduce.budget_variants(str(tmp_path)) == ["at", "z_source", "a_twin"]
+
+
+def test_the_data_record_names_the_data_not_its_path(tmp_path):
+  # The same files at another path keep the committed record; other data is
+  # refused before any step runs.
+  for name in ("a", "b"):
+    (tmp_path / name / "train" / "cat").mkdir(parents=True)
+    (tmp_path / name / "test" / "cat").mkdir(parents=True)
+    for split in ("train", "test"):
+      (tmp_path / name / split / "cat" / "0.jpg").write_bytes(b"same bytes")
+  args = [*_budget(tmp_path, ["at"]), "--steps=collect"]
+  record = tmp_path / "results" / "tiny" / "data.json"
+  assert _run(*args, f"--image_folder={tmp_path / 'a'}").returncode == 0
+  first = record.read_text()
+  assert json.loads(first)["files"] == 2
+  result = _run(*args, f"--image_folder={tmp_path / 'b'}")
+  assert result.returncode == 0, result.stderr
+  assert record.read_text() == first  # still names folder a
+  (tmp_path / "b" / "test" / "cat" / "0.jpg").write_bytes(b"other bytes")
+  result = _run(*args, f"--image_folder={tmp_path / 'b'}")
+  assert result.returncode != 0
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert "records other data" in result.stderr
+  assert record.read_text() == first
