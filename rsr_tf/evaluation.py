@@ -40,7 +40,7 @@ def accuracy_over_draws(model, dataset, draws, attack=None, label=""):
 
 
 def evaluate(model, data, attacks=None, *, preset="cpu", source=None,
-             **settings):
+             resume_dir=None, **settings):
   """Robustness of any image classifier, the field's way: `rsr_tf.evaluate`.
 
   Every attack of the preset (or `attacks`) runs against the model as it is
@@ -57,16 +57,21 @@ def evaluate(model, data, attacks=None, *, preset="cpu", source=None,
     attacks: names from `rsr_tf.registry.NAMES`; None: the preset's.
     preset: "cpu", "aa_rand" or "aa_standard" (`registry.PRESETS`).
     source: a model or path to craft transfer attacks on.
+    resume_dir: a folder that keeps every finished attack, so that an
+      evaluation broken off carries on there with the same model, data and
+      settings (`rsr_tf.eval_resume`). Delete it once the result is saved.
     **settings: any other `config.EvalConfig` field (eps, noise_draws, ...).
 
   Returns:
     {"results": {attack: entry}, "skipped", "eps_sweep", "stochastic",
      "sanity_checks", "per_example": {attack: bool [passes, examples]},
-     "config"}; each entry holds "mean" and "std" over passes.
+     "config", "resumed"}; each entry holds "mean" and "std" over passes.
 
   Raises:
-    ValueError: a bad setting, a model that does not map images to logits, or
-      images of another shape than the model takes.
+    ValueError: a bad setting, a model that does not map images to logits,
+      images of another shape than the model takes, or a `resume_dir` that
+      holds an unfinished evaluation of something else
+      (`eval_resume.ResumeError`).
   """
   import dataclasses  # noqa: E402
   from rsr_tf import config as config_lib  # noqa: E402
@@ -86,7 +91,13 @@ def evaluate(model, data, attacks=None, *, preset="cpu", source=None,
                      f"model takes {list(target.input_shape)}")
   if images.min() < 0 or images.max() > 1:
     raise ValueError("evaluate: images must be in [0, 1] (or uint8)")
-  result = suite_lib.run_suite(target, images, labels, config, source=origin)
+  progress = None
+  if resume_dir:
+    from rsr_tf import eval_resume  # noqa: E402
+    progress = eval_resume.Progress(resume_dir, eval_resume.identity(
+        model, source, images, labels, dataclasses.asdict(config)))
+  result = suite_lib.run_suite(target, images, labels, config, source=origin,
+                               progress=progress)
   result["sanity_checks"] = sanity.sanity_checks(result)
   result["config"] = dataclasses.asdict(config)
   return result
@@ -171,6 +182,9 @@ def report_markdown(report):
   lines += ["", "## Reproduce", "", f"    {p['command']}", "",
             f"git commit {p['git_commit']}, {p['date']}; model sha256 "
             f"{report['model']['sha256']}."]
+  if suite.get("resumed"):
+    lines += ["", "The evaluation was broken off and carried on; these ran "
+              f"before the break: {', '.join(suite['resumed'])}."]
   for again in report.get("rescored", []):
     lines += ["", "Robust accuracy (all attacks) and sanity checks re-derived from "
               "per_example.npz "

@@ -125,7 +125,16 @@ def _stochastic(target, x):
                             np.asarray(target.logits_fn(probe)))
 
 
-def run_suite(target, x, y, config, source=None):
+def _carried(progress, key, label):
+  """The (correct, entry) of `key` finished before a break, or None."""
+  done = progress.finished.get(key) if progress else None
+  if done:
+    print(f"{label}: finished before the break, carried over", file=sys.stderr,
+          flush=True)
+  return done
+
+
+def run_suite(target, x, y, config, source=None, progress=None):
   """Runs every attack in `config.attacks` that applies to `target`.
 
   Args:
@@ -134,11 +143,13 @@ def run_suite(target, x, y, config, source=None):
     y: int64 labels [N].
     config: `config.EvalConfig`.
     source: optional differentiable `Classifier` for transfer attacks.
+    progress: optional `eval_resume.Progress`: attacks it holds are not run
+      again, and each one finished is saved to it.
 
   Returns:
     {"results": {attack: entry}, "skipped": {attack: reason},
      "eps_sweep": [entry, ...], "stochastic": bool, "per_example": {attack:
-     bool [passes, examples]}}. Every entry holds the accuracy mean/std over
+     bool [passes, examples]}, "resumed": [keys carried over]}. Every entry holds the accuracy mean/std over
     `config.noise_draws` passes and its settings; with `config.sequential`,
     an attack's entry and matrix are the robust accuracy after it (every
     attack so far, per pass), and "attacked" counts the images it ran on.
@@ -168,24 +179,30 @@ def run_suite(target, x, y, config, source=None):
     label = attack.label(ctx) + (
         f" on {subset} images" if subset < len(y) else "") + (
         f" ({len(todo)} still robust)" if c.sequential and robust is not None else "")
-    started = time.perf_counter()
-    correct = np.zeros((draws, subset), bool)
-    if len(todo):
-      correct[:, todo] = _attack(attack, ctx, target, x[todo], y[todo], draws,
-                                 bs, label)
-    if c.sequential and robust is not None:
-      correct &= robust[:, :subset]
+    done = _carried(progress, name, label)
+    if done:
+      correct, results[name] = done
+    else:
+      started = time.perf_counter()
+      correct = np.zeros((draws, subset), bool)
+      if len(todo):
+        correct[:, todo] = _attack(attack, ctx, target, x[todo], y[todo],
+                                   draws, bs, label)
+      if c.sequential and robust is not None:
+        correct &= robust[:, :subset]
+      results[name] = entry(
+          correct, kind=attack.kind,
+          eps=0.0 if attack.kind == registry.CLEAN else c.eps,
+          crafted=attack.crafted, seconds=time.perf_counter() - started,
+          **attack.budget(ctx),
+          **({"attacked": int(len(todo))} if c.sequential else {}))
+      if progress:
+        progress.save(name, correct, results[name])
     if subset == len(y):
       whole_set.append(name)
       if c.sequential:
         robust = correct if robust is None else robust & correct
     correct_of[name] = correct
-    results[name] = entry(correct, kind=attack.kind,
-                          eps=0.0 if attack.kind == registry.CLEAN else c.eps,
-                          crafted=attack.crafted,
-                          seconds=time.perf_counter() - started,
-                          **attack.budget(ctx),
-                          **({"attacked": int(len(todo))} if c.sequential else {}))
 
   if "square" in results and "pgd" in correct_of:
     # Same images as Square, for the black-box >= white-box check.
@@ -195,9 +212,10 @@ def run_suite(target, x, y, config, source=None):
   if headline:
     results[HEADLINE] = headline
   if registry.EPS_SWEEP in c.attacks:
-    sweep = _eps_sweep(ctx, target, x, y, results)
+    sweep = _eps_sweep(ctx, target, x, y, results, progress)
   return {"results": results, "skipped": skipped, "eps_sweep": sweep,
-          "stochastic": bool(stochastic), "per_example": correct_of}
+          "stochastic": bool(stochastic), "per_example": correct_of,
+          "resumed": sorted(progress.finished) if progress else []}
 
 
 def _cannot_run(attack, target, source):
@@ -225,7 +243,7 @@ def _attack(attack, ctx, target, x, y, draws, batch_size, label):
                  batch_size=batch_size)
 
 
-def _eps_sweep(ctx, target, x, y, results):
+def _eps_sweep(ctx, target, x, y, results, progress=None):
   """PGD at each eps of the sweep, plus STRONG_EPS; the step scales with eps."""
   c = ctx.config
   sweep = []
@@ -234,14 +252,20 @@ def _eps_sweep(ctx, target, x, y, results):
     if math.isclose(point, c.eps) and "pgd" in results:
       sweep.append({**results["pgd"], "eps": point})
       continue
+    key, label = f"eps_sweep_{point:.8f}", f"PGD-{c.steps} at eps {point * 255:g}/255"
+    done = _carried(progress, key, label)
+    if done:
+      sweep.append(done[1])
+      continue
     started = time.perf_counter()
     step = point * c.step_size / c.eps
-    correct = measure(target, x, y, c.noise_draws,
-                      f"PGD-{c.steps} at eps {point * 255:g}/255",
+    correct = measure(target, x, y, c.noise_draws, label,
                       craft=registry.pgd_craft(ctx, c.steps, eps=point,
                                                step_size=step, restarts=1),
                       batch_size=c.batch_size)
     sweep.append(entry(correct, kind=registry.WHITE_BOX, eps=point,
                        steps=c.steps, restarts=1, crafted=registry.PER_DRAW,
                        step_size=step, seconds=time.perf_counter() - started))
+    if progress:
+      progress.save(key, correct, sweep[-1])
   return sweep

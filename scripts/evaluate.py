@@ -14,6 +14,7 @@ eps flags are in 1/255 units of [0, 1] images.
 
 import dataclasses
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,6 +27,7 @@ from rsr_tf import config as config_lib  # noqa: E402
 from scripts import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
+UNFINISHED = "unfinished_attacks"  # in --output_dir until the outputs are written
 
 
 def define_flags():
@@ -36,7 +38,9 @@ def define_flags():
                       "(any format but .tflite), e.g. a separately trained PGD-AT "
                       "ResNet-20, or the Keras twin of a .tflite target.")
   flags.DEFINE_string("output_dir", None, "Where eval.json, eval.md and "
-                      "accuracy_vs_eps.png go.")
+                      "accuracy_vs_eps.png go. Finished attacks are kept in its "
+                      f"{UNFINISHED}/ until then: the same command carries on "
+                      "after a break.")
   flags.DEFINE_bool("rescore", False, "Recompute robust accuracy (all attacks) "
                     "and the sanity checks of the evaluation already in "
                     "--output_dir from its per_example.npz, without attacking "
@@ -237,6 +241,7 @@ def main(argv):
   import numpy as np  # noqa: E402
   from rsr_tf import classifiers  # noqa: E402
   from rsr_tf import data as data_lib  # noqa: E402
+  from rsr_tf import eval_resume  # noqa: E402
   from rsr_tf import evaluation  # noqa: E402
   from rsr_tf import outputs  # noqa: E402
   from rsr_tf import plotting  # noqa: E402
@@ -253,8 +258,15 @@ def main(argv):
   print(f"evaluating {FLAGS.model} on {len(y)} images of {data.source}",
         file=sys.stderr, flush=True)
   settings = dataclasses.asdict(config)
-  suite = evaluation.evaluate(target, (x, y), source=source,
-                              preset=settings.pop("preset"), **settings)
+  # Finished attacks wait here until the outputs are written: a broken-off
+  # evaluation run again with the same command carries on.
+  unfinished = os.path.join(FLAGS.output_dir, UNFINISHED)
+  try:
+    suite = evaluation.evaluate(target, (x, y), source=source,
+                                preset=settings.pop("preset"),
+                                resume_dir=unfinished, **settings)
+  except eval_resume.ResumeError as e:
+    _cli.fail(str(e))
   per_example = suite.pop("per_example")
   checks = suite.pop("sanity_checks")
   suite.pop("config")
@@ -285,6 +297,7 @@ def main(argv):
   markdown = evaluation.report_markdown(report)
   outputs.write_text_atomic(os.path.join(out, "eval.md"), markdown)
   write_model_card(out, report)
+  shutil.rmtree(unfinished)
   print(markdown)
   failed = [c["check"] for c in checks if c["status"] == "FAIL"]
   if failed:

@@ -256,6 +256,7 @@ def test_evaluate_script_end_to_end(tmp_path):
   assert len(report["sanity_checks"]) == 9
   per_example = np.load(out / "per_example.npz")
   assert per_example["pgd"].shape == (2, 40) and per_example["labels"].shape == (40,)
+  assert not (out / "unfinished_attacks").exists()  # removed once written
   assert per_example["pgd"].mean() == pytest.approx(
       report["suite"]["results"]["pgd"]["mean"])
   assert report["model"]["sha256"] and report["provenance"]["git_commit"]
