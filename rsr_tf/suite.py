@@ -149,8 +149,8 @@ def run_suite(target, x, y, config, source=None, progress=None):
   Returns:
     {"results": {attack: entry}, "skipped": {attack: reason},
      "eps_sweep": [entry, ...], "stochastic": bool, "per_example": {attack:
-     bool [passes, examples]}, "resumed": [keys carried over]}. Every entry holds the accuracy mean/std over
-    `config.noise_draws` passes and its settings; with `config.sequential`,
+     bool [passes, examples]}, "resumed": [keys carried over]}. Every entry
+    holds the accuracy mean/std over `config.noise_draws` passes and its settings; with `config.sequential`,
     an attack's entry and matrix are the robust accuracy after it (every
     attack so far, per pass), and "attacked" counts the images it ran on.
   """
@@ -252,7 +252,8 @@ def _eps_sweep(ctx, target, x, y, results, progress=None):
     if math.isclose(point, c.eps) and "pgd" in results:
       sweep.append({**results["pgd"], "eps": point})
       continue
-    key, label = f"eps_sweep_{point:.8f}", f"PGD-{c.steps} at eps {point * 255:g}/255"
+    key = f"eps_sweep_{point:.8f}"
+    label = f"PGD-{c.steps} at eps {point * 255:g}/255"
     done = _carried(progress, key, label)
     if done:
       sweep.append(done[1])
