@@ -150,9 +150,10 @@ def run_suite(target, x, y, config, source=None, progress=None):
     {"results": {attack: entry}, "skipped": {attack: reason},
      "eps_sweep": [entry, ...], "stochastic": bool, "per_example": {attack:
      bool [passes, examples]}, "resumed": [keys carried over]}. Every entry
-    holds the accuracy mean/std over `config.noise_draws` passes and its settings; with `config.sequential`,
-    an attack's entry and matrix are the robust accuracy after it (every
-    attack so far, per pass), and "attacked" counts the images it ran on.
+    holds the accuracy mean/std over `config.noise_draws` passes and its
+    settings; with `config.sequential`, an attack's entry and matrix are the
+    robust accuracy after it (every attack so far, per pass), and "attacked"
+    counts the images it ran on.
   """
   tf.random.set_seed(config.seed)
   c, draws, bs = config, config.noise_draws, config.batch_size
