@@ -63,7 +63,7 @@ def answers(runs, attacks, variances):
     table, verdicts, shared = question(runs, variant, baseline, attacks, variances)
     headline = verdicts[HEADLINE]
     parts += [f"### {heading}", "", why, "", table, ""]
-    if shared:
+    if shared and headline is not None:  # no set to name until both ran
       parts += [f"Robust accuracy (all attacks) here: {', '.join(shared)}.", ""]
     if headline is None:
       summary.append(f"- **{heading}:** not measured yet.")
