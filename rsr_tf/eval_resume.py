@@ -66,8 +66,12 @@ class Progress:
     path = os.path.join(folder, IDENTITY)
     self.finished = {}
     if os.path.exists(path):
-      with open(path) as f:
-        recorded = json.load(f)
+      try:
+        with open(path) as f:
+          recorded = json.load(f)
+      except ValueError as e:
+        raise ResumeError(f"{path} is not readable ({e}); delete {folder} to "
+                          "start the evaluation again") from e
       differ = sorted(k for k in set(recorded) | set(ident)
                       if recorded.get(k) != ident.get(k))
       if differ:
@@ -81,6 +85,11 @@ class Progress:
             self.finished[name[:-4]] = (saved["correct"],
                                         json.loads(str(saved["entry"])))
     else:
+      if os.path.isdir(folder) and any(n.endswith(".npz")
+                                       for n in os.listdir(folder)):
+        raise ResumeError(f"{folder} holds finished attacks without the "
+                          f"{IDENTITY} that says what they measured; delete it "
+                          "to start the evaluation again")
       os.makedirs(folder, exist_ok=True)
       outputs.write_json_atomic(path, ident)
 

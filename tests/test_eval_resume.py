@@ -82,6 +82,15 @@ def test_another_model_or_other_settings_are_refused_not_mixed_in(tmp_path,
   keras.utils.set_random_seed(1)
   with pytest.raises(eval_resume.ResumeError, match=r"\(other model\)"):
     _evaluate(tiny_model(), tmp_path)
+  (tmp_path / eval_resume.IDENTITY).write_text("{half a file")
+  with pytest.raises(eval_resume.ResumeError, match="is not readable"):
+    _evaluate(model, tmp_path)
+  (tmp_path / eval_resume.IDENTITY).unlink()
+  with pytest.raises(eval_resume.ResumeError, match="without the identity.json"):
+    _evaluate(model, tmp_path)
+  for saved in tmp_path.glob("*.npz"):
+    saved.unlink()
+  _evaluate(model, tmp_path)
   x, y = colour_data(3, seed=1)
   with pytest.raises(eval_resume.ResumeError, match=r"\(other images, labels\)"):
     evaluation.evaluate(model, (x, y), attacks=("clean", "fgsm", "pgd", "eps_sweep"),
