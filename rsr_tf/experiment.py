@@ -52,7 +52,8 @@ def _phase_hook(config):
     checkpoint = training.Checkpoint(
         os.path.join(out, "checkpoints", phase.name), phase.model,
         phase.optimizer)
-    start = max(phase.first_epoch, checkpoint.restore())
+    start = max(phase.first_epoch,
+                checkpoint.restore(last_epoch=phase.last_epoch))
     if start > phase.first_epoch:
       _log(f"{phase.name}: checkpoint {checkpoint.manager.latest_checkpoint}")
     if start < phase.last_epoch:

@@ -418,15 +418,24 @@ class Checkpoint(keras.callbacks.Callback):
     self.manager = tf.train.CheckpointManager(self._checkpoint, directory,
                                               max_to_keep=max_to_keep)
 
-  def restore(self):
-    """Loads the latest checkpoint, if any; returns the epochs it completed."""
+  def restore(self, last_epoch=None):
+    """Loads the latest checkpoint, if any; returns the epochs it completed.
+
+    Args:
+      last_epoch: the phase's last epoch. A checkpoint that already reached
+        it takes no further step, so its optimizer slots are never read.
+    """
     if not self.manager.latest_checkpoint:
       return 0
     # Optimizer slots do not exist until the first step; TF fills them then.
     status = self._checkpoint.restore(self.manager.latest_checkpoint)
-    if self._read_only_weights:
+    epochs = int(self.epoch.numpy())
+    # Without a step the slots stay unread on purpose; saying so spares the
+    # user TF's warning, one line per slot, when the object is deleted.
+    if self._read_only_weights or (last_epoch is not None
+                                   and epochs >= last_epoch):
       status.expect_partial()
-    return int(self.epoch.numpy())
+    return epochs
 
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)
