@@ -7,6 +7,7 @@ them), so regenerating it from the same files gives the same bytes.
 import os
 import statistics
 
+from rsr_tf.reproduction import HEADER
 from rsr_tf.reproduction import HEADLINE
 from rsr_tf.reproduction import VARIANTS
 from rsr_tf.reproduction import accuracy
@@ -72,8 +73,26 @@ def answers(runs, attacks, variances):
           f"- **{heading}:** {100 * headline['a']:.1f}% against "
           f"{100 * headline['b']:.1f}% robust accuracy (all attacks), "
           f"{100 * headline['diff']:+.1f} ± {100 * headline['margin']:.1f} "
-          f"points: better? **{headline['verdict']}**.")
+          f"points: better? **{headline['verdict']}**."
+          + _by_attack(verdicts))
   return "\n".join(summary), "\n".join(parts[:-1])
+
+
+# How each per-attack verdict reads in the answers' second sentence.
+_VERDICT_GROUPS = (("yes", "better under"), ("no, it is worse", "worse under"),
+                   ("no difference beyond the noise", "no difference beyond the noise under"))
+
+
+def _by_attack(verdicts):
+  """Which claims hold under which attack: the headline can hide a per-attack gain."""
+  groups = []
+  for verdict, words in _VERDICT_GROUPS:
+    named = [f"{HEADER[a]} ({100 * r['diff']:+.1f} ± {100 * r['margin']:.1f})"
+             for a, r in verdicts.items()
+             if a != HEADLINE and r is not None and r["verdict"] == verdict]
+    if named:
+      groups.append(f"{words} {', '.join(named)}")
+  return f" Attack by attack: {'; '.join(groups)}." if groups else ""
 
 
 def target_lines(runs, budget, attacks):

@@ -87,6 +87,13 @@ def test_the_headline_takes_every_attack_in_the_same_pass(tmp_path):
   assert "| yes |" in _row(text, "RSR 85% against dense PGD-AT", "PGD-7")
   assert ("- **RSR 85% against dense PGD-AT:** 30.0% against 35.0% robust "
           "accuracy (all attacks)") in text
+  # The answer also says under which attacks RSR wins: the headline hides it.
+  answer = next(line for line in text.splitlines()
+                if line.startswith("- **RSR 85% against dense PGD-AT:**"))
+  assert "Attack by attack: better under PGD-7 (+10.0 ± " in answer
+  assert "APGD-CE (EOT) (+10.0 ± " in answer.split("better under")[1]
+  assert "no difference beyond the noise under clean (+0.0 ± " in answer
+  assert "worse under" not in answer
   assert "| `pni_at`: PNI-W channel-wise + PGD-AT, dense | not run yet |" in text
   assert "more steps never help (FAIL: PGD-20 above PGD-7)" in text
   assert "2 run(s) evaluated so far" in text
