@@ -181,6 +181,10 @@ def _same_examples(runs):
       np.array_equal(labels[0], l) for l in labels[1:])
 
 
+# compare()'s verdicts; the report groups attacks by them.
+BETTER, WORSE, TIE = "yes", "no, it is worse", "no difference beyond the noise"
+
+
 def compare(seeds_a, seeds_b, attack, attacks, seed_variance):
   """Does variant A beat B under `attack`, beyond every source of noise?
 
@@ -217,11 +221,11 @@ def compare(seeds_a, seeds_b, attack, attacks, seed_variance):
     error = math.sqrt(error ** 2 + variance * (1 / len(seeds_a) + 1 / len(seeds_b)))
   margin = 2 * error
   if diff > margin:
-    verdict = "yes"
+    verdict = BETTER
   elif diff < -margin:
-    verdict = "no, it is worse"
+    verdict = WORSE
   else:
-    verdict = "no difference beyond the noise"
+    verdict = TIE
   return {"a": means[0], "b": means[1], "diff": diff, "margin": margin,
           "paired": paired, "seeds": (len(seeds_a), len(seeds_b)),
           "seed_dof": dof, "verdict": verdict}

@@ -7,9 +7,12 @@ them), so regenerating it from the same files gives the same bytes.
 import os
 import statistics
 
+from rsr_tf.reproduction import BETTER
 from rsr_tf.reproduction import HEADER
 from rsr_tf.reproduction import HEADLINE
+from rsr_tf.reproduction import TIE
 from rsr_tf.reproduction import VARIANTS
+from rsr_tf.reproduction import WORSE
 from rsr_tf.reproduction import accuracy
 from rsr_tf.reproduction import common_set
 from rsr_tf.reproduction import load_json
@@ -79,8 +82,8 @@ def answers(runs, attacks, variances):
 
 
 # How each per-attack verdict reads in the answers' second sentence.
-_VERDICT_GROUPS = (("yes", "better under"), ("no, it is worse", "worse under"),
-                   ("no difference beyond the noise", "no difference beyond the noise under"))
+_VERDICT_GROUPS = ((BETTER, "better under"), (WORSE, "worse under"),
+                   (TIE, f"{TIE} under"))
 
 
 def _by_attack(verdicts):
