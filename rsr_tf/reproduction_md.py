@@ -17,6 +17,7 @@ from rsr_tf.reproduction import accuracy
 from rsr_tf.reproduction import common_set
 from rsr_tf.reproduction import load_json
 from rsr_tf.reproduction import seed_variances
+from rsr_tf.reproduction_tables import noise_table
 from rsr_tf.reproduction_tables import provenance_table
 from rsr_tf.reproduction_tables import question
 from rsr_tf.reproduction_tables import results_table
@@ -266,6 +267,25 @@ def document(runs, results_dir, budget, figures):
       "",
       results_table(runs, attacks),
       "",
+  ]
+  noise = noise_table(runs, attacks)
+  if noise:
+    parts += [
+        "## What the noise does to the headline",
+        "",
+        "On a noisy model each attack's pass is its own noise draw, so an "
+        "image that is right in some draws and wrong in others can be lost in "
+        "a pass to any one of the attacks, and the all-attacks rule counts "
+        "every such loss. A noisy model can thus tie a deterministic one under every "
+        "single attack and still lose on the headline. The table shows how far "
+        "each run's headline lies below its weakest single attack, and how "
+        "many images change outcome between passes of one attack (on a "
+        "deterministic model only the attacks' random starts move them).",
+        "",
+        noise,
+        "",
+    ]
+  parts += [
       "## Training cost and train.py's final check",
       "",
       "Wall time and images/s are as measured on a shared 2-core CPU whose "
@@ -291,8 +311,10 @@ def document(runs, results_dir, budget, figures):
       "- **Evaluation strength.** The papers report PGD on the noisy model. "
       "Here EOT-PGD and APGD with EOT average gradients over noise draws, as "
       "an adaptive attacker does, and the headline takes every attack at once "
-      "per image and pass; a gap between PGD and the headline is the part of "
-      "a noisy model's robustness that comes from noisy gradients.",
+      "per image and pass. A gap between PGD and EOT-PGD or APGD is the part "
+      "of a noisy model's robustness that comes from noisy gradients; a gap "
+      "between the weakest single attack and the headline comes from noisy "
+      "predictions (the section on what the noise does to the headline).",
       "",
       "## Sanity checks (Carlini et al., 2019)",
       "",

@@ -7,6 +7,7 @@ them (rsr_tf.reproduction_md).
 
 import statistics
 
+from rsr_tf import scoring
 from rsr_tf.reproduction import ATTACKS
 from rsr_tf.reproduction import COMPARED
 from rsr_tf.reproduction import HEADER
@@ -15,6 +16,7 @@ from rsr_tf.reproduction import VARIANTS
 from rsr_tf.reproduction import accuracy
 from rsr_tf.reproduction import common_set
 from rsr_tf.reproduction import compare
+from rsr_tf.reproduction import correctness
 from rsr_tf.reproduction import sparsity
 
 # The published numbers beside which ours are set (RSR-method.md), CIFAR-10.
@@ -83,6 +85,34 @@ def results_table(runs, attacks):
       cells.append(PAPER.get(name, "—") if run["name"] == name else "")
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def noise_table(runs, attacks):
+  """Each run's weakest single attack beside the headline, and how unstable it is.
+
+  The headline can fall below every single attack only through images that
+  different attacks fool in different passes; the last column says how many
+  images change outcome between passes of one attack.
+  """
+  lines = ["| run | weakest single attack | **robust accuracy (all attacks)** | "
+           "below the weakest attack (points) | images whose outcome changes "
+           "between passes (mean over the attacks) |", "|---|---|---|---|---|"]
+  for name, _ in VARIANTS:
+    for run in runs[name]:
+      matrices = {a: correctness(run, a, attacks) for a in attacks}
+      headline = correctness(run, HEADLINE, attacks)
+      if headline is None or any(m is None for m in matrices.values()) or (
+          headline.shape[0] < 2):
+        continue
+      weakest = min(attacks, key=lambda a: matrices[a].mean())
+      unstable = sum(scoring.unstable_share(m) for m in matrices.values())
+      lines.append(
+          f"| `{run['name']}` | {HEADER[weakest]}: "
+          f"{100 * matrices[weakest].mean():.1f} | "
+          f"**{100 * headline.mean():.1f}** | "
+          f"{100 * (matrices[weakest].mean() - headline.mean()):.1f} | "
+          f"{100 * unstable / len(matrices):.1f}% |")
+  return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def training_table(runs):

@@ -34,6 +34,23 @@ def all_attacks(correct):
   return correct.all(axis=0)
 
 
+def unstable_share(correct):
+  """The share of examples whose outcome changes from one pass to another.
+
+  On a deterministic model only an attack's random start moves an outcome;
+  on a noisy one each pass is a fresh draw, and every image that is right in
+  some draws and wrong in others can be lost to the all-attacks rule even
+  when each attack alone leaves the accuracy unchanged.
+
+  Args:
+    correct: bool [passes, examples].
+  """
+  correct = np.asarray(correct, bool)
+  if correct.ndim != 2 or correct.shape[0] < 2:
+    raise ValueError(f"need [passes >= 2, examples], got {correct.shape}")
+  return float((correct.any(axis=0) & ~correct.all(axis=0)).mean())
+
+
 def tolerance(a, b):
   """How far two accuracy entries may differ and still agree within noise.
 

@@ -101,6 +101,30 @@ def test_the_headline_takes_every_attack_in_the_same_pass(tmp_path):
     assert (tmp_path / figure).stat().st_size > 0 and f"({figure})" in text
 
 
+def test_the_noise_table_shows_a_tie_under_each_attack_lost_on_the_headline(tmp_path):
+  # PNI-AT: PGD and APGD each leave 350 of 1,000 images in every pass, as
+  # for AT, but fool different images in different passes (PGD a window of
+  # images 0-249, APGD one of 250-399): only 300 survive both in a pass.
+  images = np.arange(1000)[None].repeat(5, 0)
+  passes = np.arange(5)[:, None]
+  pgd = (images < 400) & ~((images >= 50 * passes) & (images < 50 * passes + 50))
+  apgd = (images < 400) & ~((images >= 250 + 25 * passes)
+                            & (images < 300 + 25 * passes))
+  _write_run(tmp_path, "at", 0.0, {"clean": _first_right(600),
+                                   "pgd": _first_right(350),
+                                   "apgd_ce": _first_right(350)})
+  _write_run(tmp_path, "pni_at", 0.0, {"clean": _first_right(600), "pgd": pgd,
+                                       "apgd_ce": apgd})
+  text = _report(tmp_path)
+  heading = "PNI-W + PGD-AT against dense PGD-AT"
+  assert "| 30.0 | 35.0 | -5.0 |" in _row(text, heading, "**robust accuracy")
+  assert "no difference beyond the noise" in _row(text, heading, "PGD-7")
+  section = text.split("## What the noise does to the headline")[1].split("##")[0]
+  # 250 images flip under PGD, 150 under APGD, none clean: 13.3% on average.
+  assert "| `pni_at` | PGD-7: 35.0 | **30.0** | 5.0 | 13.3% |" in section
+  assert "| `at` | PGD-7: 35.0 | **35.0** | 0.0 | 0.0% |" in section
+
+
 def test_models_are_compared_under_the_attacks_both_ran(tmp_path):
   # Transfer would fool every RSR image, but AT (the transfer source) has
   # none: the comparison leaves it out for both.

@@ -16,6 +16,15 @@ def test_all_attacks_is_robust_only_when_every_attack_failed_in_the_same_pass():
     scoring.all_attacks(correct[0])
 
 
+def test_unstable_share_counts_examples_right_in_some_passes_only():
+  # Example 0 flips, 1 is always right, 2 always wrong, 3 flips.
+  correct = np.array([[1, 1, 0, 0], [0, 1, 0, 1], [1, 1, 0, 1]], bool)
+  assert scoring.unstable_share(correct) == 0.5
+  assert scoring.unstable_share(correct[[1, 1]]) == 0.0
+  with pytest.raises(ValueError, match="passes >= 2"):
+    scoring.unstable_share(correct[:1])
+
+
 def test_tolerance_is_the_noise_of_both_plus_one_example():
   a = {"std": 0.03, "examples": 200}
   b = {"std": 0.04, "examples": 500}
