@@ -105,12 +105,11 @@ def noise_table(runs, attacks):
           headline.shape[0] < 2):
         continue
       weakest = min(attacks, key=lambda a: matrices[a].mean())
+      lowest, robust = matrices[weakest].mean(), headline.mean()
       unstable = sum(scoring.unstable_share(m) for m in matrices.values())
       lines.append(
-          f"| `{run['name']}` | {HEADER[weakest]}: "
-          f"{100 * matrices[weakest].mean():.1f} | "
-          f"**{100 * headline.mean():.1f}** | "
-          f"{100 * (matrices[weakest].mean() - headline.mean()):.1f} | "
+          f"| `{run['name']}` | {HEADER[weakest]}: {100 * lowest:.1f} | "
+          f"**{100 * robust:.1f}** | {100 * (lowest - robust):.1f} | "
           f"{100 * unstable / len(matrices):.1f}% |")
   return "\n".join(lines) if len(lines) > 2 else ""
 
