@@ -48,8 +48,11 @@ BUDGETS = {
                 "the table above): 83 min on a 2-core AVX-512 Xeon at about 217 "
                 "images/s, about 3 hours on a 2-core AMD EPYC without "
                 "AVX-512 at about 100 (at about 45 and 6 hours before "
-                "oneDNN was turned on there). 1,000 training images are held out "
-                "and attacked with PGD-7 after every epoch.",
+                "oneDNN was turned on there), and for RSR, which is slower, "
+                "about 1 h 50 min on a 2-core AMD EPYC with AVX-512 at about "
+                "160 (15 of `rsr_85_seed1`'s epochs took 84.5 min). 1,000 "
+                "training images are held out and attacked with PGD-7 after "
+                "every epoch.",
 }
 # cpu_long's target for dense PGD-AT on 1,000 held-out images (issue 15).
 TARGETS = {"cpu_long": {"clean": 0.75, "pgd": 0.35}}
