@@ -170,6 +170,7 @@ def learning_curves(histories, path, title=""):
               marker=".", color=f"C{i}", label=name)
   for ax, what in zip(axes, ("clean", "PGD")):
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"held-out {what}")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   figure.suptitle(title)
